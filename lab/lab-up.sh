@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# Bring up the two-host test lab: network namespaces hv1/hv2 on bridge lmbr0,
+# each running its own sshd. Idempotent: re-running on a lab that is up
+# converges to the same state and exits 0.
+set -euo pipefail
+
+LAB_DIR="${LAB_DIR:-/var/lib/livemig-lab}"
+LAB_PYTHON="${LAB_PYTHON:-/usr/bin/python3}"
+BR=lmbr0
+BR_ADDR=198.18.0.254/24
+HOSTS=(hv1 hv2)
+SSH_DIR="$LAB_DIR/ssh"
+
+log() { echo "lab-up: $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root"
+
+host_ip() { echo "198.18.0.${1#hv}"; }
+# The migration network is a second link per host (bridge lmbr1), so that a
+# fault test can cut or slow it while Ansible still reaches the host over eth0.
+MIG_BR=lmbr1
+mig_ip() { echo "198.18.0.10${1#hv}"; }
+
+# A pid is alive if it exists and is not a zombie.
+alive() {
+    local pid=$1 state
+    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
+    state=$(sed -E 's/^.*\) (.).*$/\1/' "/proc/$pid/stat" 2>/dev/null) || return 1
+    [ "$state" != Z ]
+}
+
+# Write stdin to $1 only when the content differs; returns 0 if it changed.
+write_if_changed() {
+    local dst=$1 tmp
+    tmp=$(mktemp "$dst.XXXXXX")
+    cat >"$tmp"
+    if [ -f "$dst" ] && cmp -s "$tmp" "$dst"; then
+        rm -f "$tmp"
+        return 1
+    fi
+    chmod 0644 "$tmp"
+    mv -f "$tmp" "$dst"
+    return 0
+}
+
+ensure_packages() {
+    local missing=0 c
+    for c in /usr/sbin/sshd ssh ssh-keygen ip tc ping; do
+        command -v "$c" >/dev/null 2>&1 || missing=1
+    done
+    [ "$missing" -eq 0 ] && return 0
+    local pkgs=(openssh-server openssh-client iproute2 iputils-ping)
+    log "installing ${pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y "${pkgs[@]}" >/dev/null ||
+        { apt-get update >/dev/null && apt-get install -y "${pkgs[@]}" >/dev/null; }
+}
+
+ensure_dirs() {
+    local h
+    for h in "${HOSTS[@]}"; do
+        mkdir -p "$LAB_DIR/$h/images" "$LAB_DIR/$h/run" "$LAB_DIR/$h/state" "$SSH_DIR/$h"
+    done
+    mkdir -p "$LAB_DIR/shared"
+    chmod 0700 "$SSH_DIR"
+    mkdir -p /run/sshd && chmod 0755 /run/sshd   # sshd privilege separation dir
+}
+
+ensure_keys() {
+    local h
+    [ -f "$SSH_DIR/id_ed25519" ] ||
+        ssh-keygen -q -t ed25519 -N '' -C livemig-lab-controller -f "$SSH_DIR/id_ed25519"
+    write_if_changed "$SSH_DIR/authorized_keys" <"$SSH_DIR/id_ed25519.pub" || true
+    for h in "${HOSTS[@]}"; do
+        [ -f "$SSH_DIR/$h/ssh_host_ed25519_key" ] ||
+            ssh-keygen -q -t ed25519 -N '' -C "livemig-lab-$h" -f "$SSH_DIR/$h/ssh_host_ed25519_key"
+    done
+}
+
+ensure_migration_link() {
+    local h=$1 peer mip
+    mip=$(mig_ip "$h")
+    if ! ip link show "lmm-$h" >/dev/null 2>&1; then
+        ip -n "$h" link del mig0 2>/dev/null || true
+        ip link add "lmm-$h" type veth peer name mig0 netns "$h"
+    fi
+    ip link set "lmm-$h" master "$MIG_BR" up
+    ip -n "$h" -4 addr show dev mig0 | grep -qF "inet $mip/32 " || ip -n "$h" addr add "$mip/32" dev mig0
+    ip -n "$h" link set mig0 up
+    for peer in "${HOSTS[@]}"; do
+        [ "$peer" = "$h" ] && continue
+        ip -n "$h" route replace "$(mig_ip "$peer")/32" dev mig0
+    done
+}
+
+ensure_network() {
+    ip link show "$MIG_BR" >/dev/null 2>&1 || ip link add "$MIG_BR" type bridge stp_state 0 forward_delay 0
+    ip link set "$MIG_BR" up
+    local h ip
+    if ! ip link show "$BR" >/dev/null 2>&1; then
+        ip link add "$BR" type bridge stp_state 0 forward_delay 0
+    fi
+    ip -4 addr show dev "$BR" | grep -qF "inet $BR_ADDR " || ip addr add "$BR_ADDR" dev "$BR"
+    ip link set "$BR" up
+
+    for h in "${HOSTS[@]}"; do
+        ip=$(host_ip "$h")
+        [ -e "/run/netns/$h" ] || ip netns add "$h"
+        if ! ip link show "lm-$h" >/dev/null 2>&1; then
+            ip -n "$h" link del eth0 2>/dev/null || true
+            ip link add "lm-$h" type veth peer name eth0 netns "$h"
+        fi
+        ip link set "lm-$h" master "$BR" up
+        ip -n "$h" link set lo up
+        ip -n "$h" -4 addr show dev eth0 | grep -qF "inet $ip/24 " ||
+            ip -n "$h" addr add "$ip/24" dev eth0
+        ip -n "$h" link set eth0 up
+        ensure_migration_link "$h"
+    done
+
+    # With br_netfilter loaded and bridge-nf-call-iptables=1, bridged frames
+    # traverse the root ns iptables FORWARD chain. If that chain could drop
+    # them, accept intra-bridge traffic explicitly (removed by lab-down).
+    if [ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo 0)" = 1 ] &&
+        command -v iptables >/dev/null 2>&1 &&
+        [ "$(iptables -S FORWARD 2>/dev/null | grep -vc '^-P FORWARD ACCEPT$')" != 0 ]; then
+        iptables -C FORWARD -i "$BR" -o "$BR" -m comment --comment livemig-lab -j ACCEPT 2>/dev/null ||
+            iptables -I FORWARD -i "$BR" -o "$BR" -m comment --comment livemig-lab -j ACCEPT
+    fi
+}
+
+sshd_config() {
+    local h=$1
+    cat <<EOF
+# Generated by livemig lab/lab-up.sh for lab host $h -- do not edit.
+ListenAddress $(host_ip "$h"):22
+AddressFamily inet
+HostKey $SSH_DIR/$h/ssh_host_ed25519_key
+PidFile $SSH_DIR/$h/sshd.pid
+AuthorizedKeysFile $SSH_DIR/authorized_keys
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+UseDNS no
+MaxSessions 64
+MaxStartups 64:30:128
+X11Forwarding no
+PrintMotd no
+Subsystem sftp internal-sftp
+EOF
+}
+
+sshd_pid() {
+    local pf="$SSH_DIR/$1/sshd.pid" pid
+    [ -f "$pf" ] || return 1
+    pid=$(cat "$pf")
+    alive "$pid" && [ "$(cat "/proc/$pid/comm")" = sshd ] &&
+        [ "$(ip netns identify "$pid" 2>/dev/null)" = "$1" ] || return 1
+    echo "$pid"
+}
+
+ensure_sshd() {
+    local h=$1 cfg="$SSH_DIR/$1/sshd_config" changed=0 pid
+    sshd_config "$h" | write_if_changed "$cfg" && changed=1
+    /usr/sbin/sshd -t -f "$cfg" || die "invalid $cfg"
+    if pid=$(sshd_pid "$h"); then
+        if [ "$changed" = 1 ]; then
+            log "$h: sshd config changed, reloading"
+            kill -HUP "$pid"
+        fi
+        return 0
+    fi
+    rm -f "$SSH_DIR/$h/sshd.pid"
+    # sshd daemonizes; it keeps the netns (and the private mount ns that
+    # `ip netns exec` sets up) after this script exits. A private UTS ns
+    # gives the host its own hostname (hv1/hv2) for ssh sessions.
+    ip netns exec "$h" unshare --uts -- sh -c 'hostname "$1" && exec /usr/sbin/sshd -f "$2" -E "$3"' \
+        sshd-"$h" "$h" "$cfg" "$SSH_DIR/$h/sshd.log" </dev/null
+}
+
+control_path() {
+    # Unix socket paths are limited to 107 bytes; %C expands to 40 chars
+    # (plus ssh's temporary suffix while creating the socket).
+    if [ $((${#SSH_DIR} + 4 + 40 + 20)) -le 107 ]; then
+        echo "$SSH_DIR/cm-%C"
+    else
+        echo "/tmp/livemig-lab-cm-%C"
+    fi
+}
+
+write_ssh_config() {
+    local h
+    {
+        echo "# Generated by livemig lab/lab-up.sh -- use with: ssh -F $LAB_DIR/ssh_config hv1"
+        for h in "${HOSTS[@]}"; do
+            printf 'Host %s %s\n    HostName %s\n' "$h" "$(host_ip "$h")" "$(host_ip "$h")"
+        done
+        cat <<EOF
+Host *
+    User root
+    IdentityFile $SSH_DIR/id_ed25519
+    IdentitiesOnly yes
+    StrictHostKeyChecking no
+    UserKnownHostsFile /dev/null
+    LogLevel ERROR
+    ControlMaster auto
+    ControlPersist 60s
+    ControlPath $(control_path)
+EOF
+    } | write_if_changed "$LAB_DIR/ssh_config" || true
+}
+
+write_inventory() {
+    local h
+    {
+        cat <<EOF
+# Generated by livemig lab/lab-up.sh (LAB_DIR=$LAB_DIR) -- do not edit.
+# VMs (livemig_vms) go in a separate inventory file passed with another -i.
+all:
+  children:
+    hypervisors:
+      vars:
+        ansible_user: root
+        ansible_ssh_private_key_file: "$SSH_DIR/id_ed25519"
+        ansible_ssh_common_args: '-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'
+        ansible_python_interpreter: "$LAB_PYTHON"
+      hosts:
+EOF
+        for h in "${HOSTS[@]}"; do
+            cat <<EOF
+        $h:
+          ansible_host: $(host_ip "$h")
+          livemig_image_dir: "$LAB_DIR/$h/images"
+          livemig_run_dir: "$LAB_DIR/$h/run"
+          livemig_state_dir: "$LAB_DIR/$h/state"
+          livemig_migration_address: $(mig_ip "$h")
+EOF
+        done
+    } | write_if_changed "$LAB_DIR/inventory.yml" || true
+}
+
+wait_ssh() {
+    local h ip deadline=$((SECONDS + 20))
+    for h in "${HOSTS[@]}"; do
+        ip=$(host_ip "$h")
+        # No control master here: keep no background ssh tied to our stdio.
+        until ssh -F "$LAB_DIR/ssh_config" -o ControlMaster=no -o ControlPath=none \
+            -o BatchMode=yes -o ConnectTimeout=2 "$ip" true </dev/null 2>/dev/null; do
+            [ "$SECONDS" -lt "$deadline" ] || die "ssh to $h ($ip) not ready after 20s; see $SSH_DIR/$h/sshd.log"
+            sleep 0.5
+        done
+    done
+}
+
+ensure_packages
+ensure_dirs
+ensure_keys
+ensure_network
+for h in "${HOSTS[@]}"; do ensure_sshd "$h"; done
+write_ssh_config
+write_inventory
+wait_ssh
+echo "livemig lab up: hv1=198.18.0.1 hv2=198.18.0.2 bridge=$BR($BR_ADDR) inventory=$LAB_DIR/inventory.yml ssh: ssh -F $LAB_DIR/ssh_config hv1"

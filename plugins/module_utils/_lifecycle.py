@@ -1,0 +1,230 @@
+# Copyright: livemig.qemu contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The qemu_vm module's manager: brings one VM on this host to the requested state.
+
+Private to the livemig.qemu collection.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.livemig.qemu.plugins.module_utils import _probe, _vmhost
+from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
+from ansible_collections.livemig.qemu.plugins.module_utils._state import (
+    HostRecord, load_record, remove_record, save_record)
+from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import (
+    SpecError, VMSpec, build_argv, parse_spec)
+from ansible_collections.livemig.qemu.plugins.module_utils._module import vm_paths
+
+STALE = "postmigrate"
+
+
+class VMLifecycle:
+    def __init__(self, module: AnsibleModule):
+        self.module = module
+        self.params = module.params
+        self.paths = vm_paths(module)
+        self.record = load_record(self.paths.record, self.paths.vm)
+        self.pid = _vmhost.running_pid(self.paths)
+        self.result: dict[str, Any] = {"changed": False, "sockets": {
+            "qmp": self.paths.qmp, "job_qmp": self.paths.job_qmp, "serial": self.paths.serial}}
+
+    def fail(self, msg: str, **extra: Any) -> None:
+        self.module.fail_json(msg=f"VM {self.paths.vm}: {msg}", **extra)
+
+    def apply(self) -> None:
+        try:
+            getattr(self, f"ensure_{self.params['state']}")()
+        except (SpecError, _probe.ProbeError, _vmhost.VMHostError, QMPError) as exc:
+            self.fail(str(exc))
+        self.finish()
+
+    def finish(self) -> None:
+        record = self.record
+        self.result.update(owner=bool(record and record.owner), pid=self.pid,
+                           machine=record.machine if record else None, accel=record.accel if record else None)
+        self.result.setdefault("status", self.status() if self.pid and not self.module.check_mode else None)
+        self.module.exit_json(**self.result)
+
+    def status(self) -> str | None:
+        return _vmhost.vm_status(self.paths, self.params["connect_timeout"])
+
+    def spec(self) -> VMSpec:
+        return parse_spec(self.paths.vm, self.params["spec"])
+
+    # -- states -------------------------------------------------------------------------------
+
+    def ensure_running(self) -> None:
+        spec = self.spec()
+        self.result["disks"] = self.describe_disks(spec)
+        if self.pid:
+            self.adopt_running_qemu()
+            return
+        if not (self.record and self.record.owner) and not self.params["claim"]:
+            self.fail("this host does not own the VM; start it with claim=true only when no other host owns it "
+                      "(playbooks/start.yml checks every host), or migrate it here")
+        self.check_memory(spec)
+        self.changed()
+        machine, accel = self.pinned_abi(spec)
+        created = self.create_missing_disks(spec)
+        self.launch(spec, machine, accel, incoming=False, created=created)
+        self.record.owner = True
+        self.record.handed_over_to = None
+        save_record(self.paths.record, self.record)
+
+    def adopt_running_qemu(self) -> None:
+        status = self.status()
+        self.result["status"] = status
+        if status == "inmigrate":
+            self.fail("QEMU is waiting for an incoming migration; it runs once that migration completes")
+        if status == STALE:
+            self.fail("this QEMU was migrated away and is stale (post-migrate); remove it with state=absent")
+        if self.record and self.record.owner:
+            return
+        if not self.params["migration_target"]:
+            self.fail(f"QEMU runs here ({status}) but this host does not own the VM")
+        self.changed()
+        self.record = self.record or HostRecord(vm=self.paths.vm)
+        self.record.owner = True
+        self.record.volatile.pop("incoming", None)
+        save_record(self.paths.record, self.record)
+
+    def ensure_incoming(self) -> None:
+        spec = self.spec()
+        self.result["disks"] = self.describe_disks(spec)
+        if self.pid:
+            status = self.status()
+            self.result["status"] = status
+            if status != "inmigrate":
+                self.fail(f"the VM already runs on this host ({status}); it cannot be a migration target here")
+            return
+        if self.record and self.record.owner:
+            self.fail("this host owns the VM; it cannot also be the target of its migration")
+        if not self.params["migration_target"]:
+            self.fail("state=incoming is only for a migration target: set migration_target=true")
+        self.check_memory(spec)
+        self.changed()
+        created = self.fresh_local_disks(spec)
+        self.record = HostRecord(vm=self.paths.vm)
+        self.launch(spec, self.params["machine"], self.params["accel"], incoming=True, created=created)
+        self.record.volatile["incoming"] = True
+        save_record(self.paths.record, self.record)
+
+    def ensure_stopped(self) -> None:
+        if not self.pid:
+            return
+        self.changed()
+        self.result["stopped_by"] = _vmhost.stop_qemu(self.paths, self.pid, self.params["powerdown_timeout"])
+        self.pid = None
+        self.result["status"] = None
+        if self.record:
+            self.record.volatile = {}
+            save_record(self.paths.record, self.record)
+
+    def ensure_absent(self) -> None:
+        if self.pid:
+            self.changed()
+            self.result["stopped_by"] = _vmhost.stop_qemu(self.paths, self.pid, 0)
+            self.pid = None
+        self.result["status"] = None
+        if not self.params["keep_disks"]:
+            for path in self.local_disk_paths():
+                if os.path.exists(path):
+                    self.changed()
+                    _vmhost.remove_file(path)
+        if self.record is not None:
+            self.changed()
+            remove_record(self.paths.record)
+            self.record = None
+        if not self.module.check_mode:
+            _vmhost.clean_run_files(self.paths)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def changed(self) -> None:
+        """Mark the task changed; in check mode, stop here and report what would happen."""
+        self.result["changed"] = True
+        if self.module.check_mode:
+            self.finish()
+
+    def check_memory(self, spec: VMSpec) -> None:
+        available = _probe.host_memory()["available_mb"]
+        if spec.memory_mb > available:
+            self.fail(f"needs {spec.memory_mb} MiB of memory but this host has only {available} MiB available")
+
+    def pinned_abi(self, spec: VMSpec) -> tuple[str, str]:
+        machine = self.params["machine"] or (self.record.machine if self.record else None)
+        accel = self.params["accel"] or (self.record.accel if self.record else None)
+        if machine and accel:
+            return machine, accel
+        if not accel:
+            accel = spec.accel if spec.accel != "auto" else ("kvm" if _probe.kvm_can_boot(
+                self.params["qemu_binary"])[0] else "tcg")
+        if not machine:
+            with _probe.Probe(self.params["qemu_binary"]) as session:
+                machine = _probe.resolve_machine(_probe.machine_types(session), spec.machine)
+        return machine, accel
+
+    def describe_disks(self, spec: VMSpec) -> list[dict[str, Any]]:
+        return [{"name": disk.name, "path": self.paths.disk(disk), "shared": disk.shared,
+                 "exists": os.path.exists(self.paths.disk(disk))} for disk in spec.disks]
+
+    def local_disk_paths(self) -> list[str]:
+        spec_raw = self.params.get("spec")
+        if spec_raw:
+            return [self.paths.disk(disk) for disk in self.spec().local_disks]
+        prefix = f"{self.paths.vm}-"
+        directory = self.paths.image_dir
+        if not os.path.isdir(directory):
+            return []
+        return [os.path.join(directory, entry) for entry in sorted(os.listdir(directory))
+                if entry.startswith(prefix) and entry.rsplit(".", 1)[-1] in ("qcow2", "raw")
+                and "-" not in entry[len(prefix):].rsplit(".", 1)[0]]
+
+    def create_missing_disks(self, spec: VMSpec) -> list[str]:
+        created = []
+        for disk in spec.disks:
+            path = self.paths.disk(disk)
+            if not os.path.exists(path):
+                if disk.shared:
+                    raise _vmhost.VMHostError(f"shared disk {disk.name} not found at {path}")
+                _vmhost.create_image(path, disk)
+                created.append(path)
+        return created
+
+    def fresh_local_disks(self, spec: VMSpec) -> list[str]:
+        """The target's local disks start empty, sized like the source's; shared ones must already be there."""
+        created = []
+        for disk in spec.disks:
+            path = self.paths.disk(disk)
+            if disk.shared:
+                if not os.path.exists(path):
+                    raise _vmhost.VMHostError(f"shared disk {disk.name} is not visible on this host at {path}")
+                continue
+            _vmhost.remove_file(path)
+            _vmhost.create_image(path, disk, int(self.params["disk_sizes"].get(disk.name) or 0))
+            created.append(path)
+        return created
+
+    def launch(self, spec: VMSpec, machine: str, accel: str, incoming: bool, created: list[str]) -> None:
+        argv = build_argv(spec, self.paths, _probe.find_binary(self.params["qemu_binary"]), machine, accel, incoming)
+        self.result["argv"] = argv
+        try:
+            self.pid = _vmhost.start_qemu(argv, self.paths)
+            with QMPSession(self.paths.qmp, connect_timeout=self.params["connect_timeout"]) as session:
+                self.result["status"] = session.execute("query-status")["status"]
+        except (_vmhost.VMHostError, QMPError):
+            if self.pid:
+                _vmhost.kill_qemu(self.pid)
+                self.pid = None
+            for path in created:
+                _vmhost.remove_file(path)
+            _vmhost.clean_run_files(self.paths)
+            raise
+        self.record = self.record or HostRecord(vm=self.paths.vm)
+        self.record.machine, self.record.accel = machine, accel
+        self.record.volatile = {"pid": self.pid, "qmp": self.paths.qmp, "job_qmp": self.paths.job_qmp,
+                                "serial": self.paths.serial}

@@ -1,0 +1,153 @@
+# Copyright: livemig.qemu contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What this host's QEMU can do, asked from a throw-away QEMU (`-machine none -S`).
+
+Private to the livemig.qemu collection.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
+
+# A 512-byte boot sector that writes 1 to the isa-debug-exit port: QEMU exits with status 3.
+_BOOT_SECTOR = bytes([0xBA, 0xF4, 0x00, 0xB0, 0x01, 0xEE, 0xF4]).ljust(510, b"\0") + b"\x55\xaa"
+_BOOT_EXIT_STATUS = 3
+
+
+class ProbeError(RuntimeError):
+    """This host's QEMU cannot be started or asked."""
+
+
+def find_binary(binary: str) -> str:
+    path = shutil.which(binary)
+    if not path:
+        raise ProbeError(f"QEMU binary {binary!r} not found on this host; install QEMU or set the QEMU binary path")
+    return path
+
+
+class Probe:
+    """A paused QEMU with no machine, only to answer questions over QMP."""
+
+    def __init__(self, binary: str, accel: str = "tcg"):
+        self.binary = find_binary(binary)
+        self.accel = accel
+        self._dir = tempfile.mkdtemp(prefix="livemig-probe-")
+        self._process: subprocess.Popen | None = None
+        self.session: QMPSession | None = None
+
+    def __enter__(self) -> QMPSession:
+        socket_path = os.path.join(self._dir, "qmp")
+        argv = [self.binary, "-machine", "none", "-accel", self.accel, "-S", "-nodefaults", "-no-user-config",
+                "-display", "none", "-chardev", f"socket,id=qmp,path={socket_path},server=on,wait=off",
+                "-mon", "chardev=qmp,mode=control"]
+        self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 15
+        while not os.path.exists(socket_path):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                stderr = self._stop()
+                raise ProbeError(f"probe QEMU ({self.binary}, accel {self.accel}) did not start: {stderr.strip()}")
+            time.sleep(0.01)
+        try:
+            self.session = QMPSession(socket_path, connect_timeout=10).connect()
+        except QMPError as exc:
+            self._stop()
+            raise ProbeError(f"probe QEMU does not answer on QMP: {exc}") from exc
+        return self.session
+
+    def _stop(self) -> str:
+        stderr = ""
+        if self.session is not None:
+            self.session.close()
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+            stderr = self._process.communicate()[1].decode(errors="replace")
+        shutil.rmtree(self._dir, ignore_errors=True)
+        return stderr
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop()
+
+
+def kvm_can_boot(binary: str, timeout: float = 2.0) -> tuple[bool, str]:
+    """Whether KVM really runs a guest here, not only whether /dev/kvm opens.
+
+    Firmware plus a boot sector take well under a second on working KVM; where
+    nested virtualization makes every exit crawl, a real guest would not boot.
+    """
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "/dev/kvm is missing or not accessible"
+    with tempfile.TemporaryDirectory(prefix="livemig-kvm-") as directory:
+        image = os.path.join(directory, "boot.img")
+        with open(image, "wb") as handle:
+            handle.write(_BOOT_SECTOR)
+        argv = [find_binary(binary), "-machine", "pc", "-accel", "kvm", "-cpu", "qemu64", "-m", "16",
+                "-nodefaults", "-no-user-config", "-display", "none",
+                "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
+                "-drive", f"file={image},format=raw,if=ide"]
+        try:
+            result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return False, f"a KVM test guest did not boot within {timeout:.1f}s (KVM unusable or far too slow here)"
+    if result.returncode != _BOOT_EXIT_STATUS:
+        return False, f"a KVM test guest failed: {result.stderr.decode(errors='replace').strip()[-300:]}"
+    return True, "a KVM test guest booted"
+
+
+def machine_types(session: QMPSession) -> list[dict[str, Any]]:
+    return session.execute("query-machines")
+
+
+def resolve_machine(machines: list[dict[str, Any]], requested: str) -> str:
+    """The versioned machine type behind `requested` (an alias such as q35, or a versioned name)."""
+    for machine in machines:
+        if machine.get("alias") == requested:
+            return machine["name"]
+    names = {machine["name"] for machine in machines}
+    if requested in names:
+        return requested
+    raise ProbeError(f"machine type {requested!r} is not known to this host's QEMU")
+
+
+def host_facts(binary: str, check_kvm: bool = True) -> dict[str, Any]:
+    """Everything the planner and the modules need to know about this host's QEMU."""
+    kvm_ok, kvm_reason = kvm_can_boot(binary) if check_kvm else (False, "not checked")
+    accel = "kvm" if kvm_ok else "tcg"
+    with Probe(binary, accel) as session:
+        version = session.execute("query-version")
+        machines = machine_types(session)
+        cpus = session.execute("query-cpu-definitions")
+        capabilities = session.execute("query-migrate-capabilities")
+        parameters = session.execute("query-migrate-parameters")
+    qemu = version["qemu"]
+    return {
+        "binary": find_binary(binary),
+        "version": f"{qemu['major']}.{qemu['minor']}.{qemu['micro']}",
+        "version_info": qemu,
+        "package": version.get("package", "").strip(),
+        "machines": sorted(({"name": m["name"], "alias": m.get("alias"), "default": bool(m.get("is-default")),
+                             "deprecated": bool(m.get("deprecated"))} for m in machines), key=lambda m: m["name"]),
+        "cpu_models": sorted(({"name": c["name"], "migration_safe": c.get("migration-safe"),
+                               "runnable": not c.get("unavailable-features"), "static": c.get("static")}
+                              for c in cpus), key=lambda c: c["name"]),
+        "migration_capabilities": sorted(item["capability"] for item in capabilities),
+        "migration_parameters": parameters,
+        "accelerators": {"kvm": {"usable": kvm_ok, "reason": kvm_reason}, "tcg": {"usable": True}},
+        "auto_accel": accel,
+    }
+
+
+def host_memory() -> dict[str, int]:
+    values = {}
+    with open("/proc/meminfo", encoding="ascii") as handle:
+        for line in handle:
+            key, _, rest = line.partition(":")
+            values[key] = int(rest.split()[0]) // 1024
+    return {"total_mb": values.get("MemTotal", 0), "available_mb": values.get("MemAvailable", 0)}

@@ -1,0 +1,136 @@
+# Copyright: livemig.qemu contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A VM's QEMU process and disk images on this host: find, start, stop, create, remove.
+
+Private to the livemig.qemu collection.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+
+from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
+from ansible_collections.livemig.qemu.plugins.module_utils._state import process_alive
+from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import Disk, VMPaths
+
+MB = 1024 * 1024
+
+
+class VMHostError(RuntimeError):
+    """Starting, stopping or preparing a VM on this host failed."""
+
+
+def running_pid(paths: VMPaths) -> int | None:
+    """The pid of this VM's QEMU on this host, checked against its command line."""
+    try:
+        with open(paths.pidfile, encoding="ascii") as handle:
+            pid = int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+    if not process_alive(pid):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            cmdline = handle.read().decode(errors="replace")
+    except OSError:
+        return None
+    return pid if paths.qmp in cmdline else None
+
+
+def vm_status(paths: VMPaths, timeout: float = 10.0) -> str | None:
+    """QEMU's run state (running, paused, inmigrate, postmigrate, ...), or None if no QEMU runs."""
+    if running_pid(paths) is None:
+        return None
+    with QMPSession(paths.qmp, connect_timeout=timeout) as session:
+        return session.execute("query-status")["status"]
+
+
+def image_virtual_size(path: str) -> int | None:
+    if not os.path.exists(path):
+        return None
+    result = subprocess.run(["qemu-img", "info", "--force-share", "--output=json", path],
+                            capture_output=True, check=False, text=True)
+    if result.returncode != 0:
+        raise VMHostError(f"cannot read disk image {path}: {result.stderr.strip()}")
+    return int(json.loads(result.stdout)["virtual-size"])
+
+
+def create_image(path: str, disk: Disk, size_bytes: int | None = None) -> None:
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    size = size_bytes if size_bytes else disk.size_mb * MB
+    result = subprocess.run(["qemu-img", "create", "-q", "-f", disk.format, path, str(size)],
+                            capture_output=True, check=False, text=True)
+    if result.returncode != 0:
+        remove_file(path)
+        raise VMHostError(f"cannot create disk image {path}: {result.stderr.strip()}")
+
+
+def remove_file(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def clean_run_files(paths: VMPaths) -> None:
+    for path in (*paths.sockets, paths.pidfile):
+        remove_file(path)
+
+
+def start_qemu(argv: list[str], paths: VMPaths, timeout: float = 120.0) -> int:
+    """Start a daemonized QEMU; sockets exist and the pid is known when this returns."""
+    os.makedirs(paths.run_dir, mode=0o700, exist_ok=True)
+    clean_run_files(paths)
+    try:
+        result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+                                check=False, umask=0o077)
+    except subprocess.TimeoutExpired as exc:
+        raise VMHostError(f"QEMU did not finish starting within {timeout:.0f}s") from exc
+    if result.returncode != 0:
+        clean_run_files(paths)
+        raise VMHostError(f"QEMU failed to start: {result.stderr.decode(errors='replace').strip()}")
+    for path in paths.sockets:
+        os.chmod(path, 0o600)  # QEMU's -daemonize resets the umask
+    pid = running_pid(paths)
+    if pid is None:
+        raise VMHostError(f"QEMU started but left no live pid in {paths.pidfile}")
+    return pid
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while process_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def stop_qemu(paths: VMPaths, pid: int, powerdown_timeout: float) -> str:
+    """Stop QEMU: ACPI power-down first when a timeout is given, then quit, then SIGKILL."""
+    how = "quit"
+    with contextlib.suppress(QMPError):
+        with QMPSession(paths.qmp, connect_timeout=5) as session:
+            if powerdown_timeout > 0 and session.execute("query-status")["status"] == "running":
+                session.execute("system_powerdown")
+                if wait_exit(pid, powerdown_timeout):
+                    how = "powerdown"
+            if how == "quit":
+                with contextlib.suppress(QMPError):
+                    session.execute("quit", timeout=5)
+    if not wait_exit(pid, 10):
+        kill_qemu(pid)
+        how = "kill"
+    clean_run_files(paths)
+    return how
+
+
+def kill_qemu(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    wait_exit(pid, 10)

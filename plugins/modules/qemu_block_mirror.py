@@ -1,0 +1,150 @@
+#!/usr/bin/python
+# Copyright: livemig.qemu contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: qemu_block_mirror
+short_description: Mirror a running VM's disk into an NBD export on another host
+version_added: 0.1.0
+description:
+  - Attaches the target's NBD export as a block node of the source QEMU and starts C(blockdev-mirror) (full sync)
+    into it, while the guest keeps running and writing.
+  - Waits, driven by QMP events, until the mirror is READY (the copy has caught up and follows every new write).
+  - The mirror is finished at switchover by M(livemig.qemu.qemu_migrate), which cancels it gracefully so that the
+    target holds a consistent copy. V(absent) aborts it instead and detaches the NBD node.
+extends_documentation_fragment:
+  - livemig.qemu.vm
+attributes:
+  check_mode:
+    support: full
+options:
+  disk:
+    description: Name of the VM's disk (as in its spec).
+    type: str
+    required: true
+  state:
+    description:
+      - V(ready) starts the mirror if needed and waits until it is READY.
+      - V(started) starts it and returns at once with its progress.
+      - V(absent) force-cancels the mirror (the target copy is then incomplete) and detaches the NBD node.
+    type: str
+    choices: [ready, started, absent]
+    default: ready
+  nbd_host:
+    description: Address of the target's NBD server. Required to start a mirror.
+    type: str
+  nbd_port:
+    description: Port of the target's NBD server. Required to start a mirror.
+    type: int
+  export:
+    description: NBD export name on the target. Required to start a mirror.
+    type: str
+  copy_mode:
+    description:
+      - V(background) copies new writes asynchronously; V(write-blocking) makes every guest write wait until the
+        target has it too, so that the mirror converges even under heavy disk writes.
+    type: str
+    choices: [background, write-blocking]
+    default: background
+  speed:
+    description: Bandwidth cap for the mirror in bytes per second; V(0) is unlimited.
+    type: int
+    default: 0
+  timeout:
+    description: Seconds to wait for READY with O(state=ready).
+    type: float
+    default: 3600
+author:
+  - livemig.qemu contributors
+"""
+
+EXAMPLES = r"""
+- name: Mirror the root disk of web1 to the target and wait until it is in sync
+  livemig.qemu.qemu_block_mirror:
+    name: web1
+    run_dir: /run/livemig
+    disk: root
+    nbd_host: 192.0.2.12
+    nbd_port: "{{ nbd.port }}"
+    export: "{{ nbd.exports.root }}"
+
+- name: Abort it
+  livemig.qemu.qemu_block_mirror:
+    name: web1
+    run_dir: /run/livemig
+    disk: root
+    state: absent
+"""
+
+RETURN = r"""
+progress:
+  description: The mirror job's progress when the task ended.
+  returned: when a mirror job exists
+  type: dict
+  sample: {"job": "livemig-mirror-disk-root", "ready": true, "offset": 1073741824, "len": 1073741824,
+           "remaining": 0, "percent": 100.0, "status": "ready"}
+"""
+
+from ansible_collections.livemig.qemu.plugins.module_utils import _mirror
+from ansible_collections.livemig.qemu.plugins.module_utils._module import (
+    deadline, new_module, qmp, vm_argument_spec, vm_paths)
+from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError
+
+
+def main() -> None:
+    module = new_module(
+        vm_argument_spec(
+            disk={"type": "str", "required": True},
+            state={"type": "str", "default": "ready", "choices": ["ready", "started", "absent"]},
+            nbd_host={"type": "str"},
+            nbd_port={"type": "int"},
+            export={"type": "str", "no_log": False},
+            copy_mode={"type": "str", "default": "background", "choices": ["background", "write-blocking"]},
+            speed={"type": "int", "default": 0},
+            timeout={"type": "float", "default": 3600},
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    paths = vm_paths(module)
+    node = f"disk-{params['disk']}"
+    result: dict = {"changed": False}
+    with qmp(module, paths.qmp) as session:
+        job = _mirror.find_job(session, _mirror.job_id(node))
+        if params["state"] == "absent":
+            if job or _mirror.node_exists(session, _mirror.nbd_node(node)):
+                result["changed"] = True
+                if not module.check_mode:
+                    _mirror.abort(session, node)
+            module.exit_json(**result)
+        if job is None:
+            missing = [key for key in ("nbd_host", "nbd_port", "export") if not params[key]]
+            if missing:
+                module.fail_json(msg=f"to start the mirror of disk {params['disk']}, give {', '.join(missing)}")
+            if not _mirror.node_exists(session, node):
+                module.fail_json(msg=f"VM {paths.vm} has no disk {params['disk']} (no block node {node})")
+            result["changed"] = True
+            if module.check_mode:
+                module.exit_json(**result)
+            try:
+                _mirror.start_mirror(session, node, params["nbd_host"], params["nbd_port"], params["export"],
+                                     params["copy_mode"], params["speed"])
+            except QMPError as exc:
+                _mirror.abort(session, node)
+                module.fail_json(msg=f"cannot start the mirror of disk {params['disk']} to "
+                                     f"{params['nbd_host']}:{params['nbd_port']}: {exc}")
+        if params["state"] == "ready" and not module.check_mode:
+            try:
+                result["progress"] = _mirror.wait_ready(session, node, deadline(params["timeout"]))
+            except QMPError as exc:
+                module.fail_json(msg=f"disk mirror phase: disk {params['disk']}: {exc}", **result)
+        else:
+            job = _mirror.find_job(session, _mirror.job_id(node))
+            if job:
+                result["progress"] = _mirror.progress(job)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

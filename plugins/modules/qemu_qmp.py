@@ -1,0 +1,122 @@
+#!/usr/bin/python
+# Copyright: livemig.qemu contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: qemu_qmp
+short_description: Run any QMP command on a VM's monitor
+version_added: 0.1.0
+description:
+  - Sends one QMP command to the VM's monitor and returns QEMU's answer, optionally filtered by a JMESPath query.
+  - Commands named C(query-*) only read; they report no change and also run in check mode. Any other command
+    reports a change and is skipped in check mode.
+extends_documentation_fragment:
+  - livemig.qemu.vm
+attributes:
+  check_mode:
+    support: partial
+    details: Only C(query-*) commands run in check mode.
+options:
+  command:
+    description: The QMP command, for example C(query-status) or C(migrate-set-parameters).
+    type: str
+    required: true
+  arguments:
+    description: The command's arguments.
+    type: dict
+    default: {}
+  query:
+    description: A JMESPath expression applied to the result; its value is returned as RV(queried).
+    type: str
+  monitor:
+    description: V(main) is the VM's monitor; V(job) is the second one, used by long-running modules.
+    type: str
+    choices: [main, job]
+    default: main
+  timeout:
+    description: Seconds to wait for QEMU's answer.
+    type: float
+    default: 30
+requirements:
+  - jmespath (on the managed host, when O(query) is used)
+author:
+  - livemig.qemu contributors
+"""
+
+EXAMPLES = r"""
+- name: Ask where the migration stands
+  livemig.qemu.qemu_qmp:
+    name: web1
+    run_dir: /run/livemig
+    command: query-migrate
+    query: ram.remaining
+  register: remaining
+
+- name: Set the downtime limit
+  livemig.qemu.qemu_qmp:
+    name: web1
+    run_dir: /run/livemig
+    command: migrate-set-parameters
+    arguments:
+      downtime-limit: 200
+"""
+
+RETURN = r"""
+result:
+  description: QEMU's answer.
+  returned: success
+  type: raw
+queried:
+  description: The value of O(query) applied to RV(result).
+  returned: when O(query) is given
+  type: raw
+"""
+
+import traceback
+
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.livemig.qemu.plugins.module_utils._module import new_module, qmp, vm_argument_spec, vm_paths
+
+try:
+    import jmespath
+
+    JMESPATH_IMPORT_ERROR = None
+except ImportError:
+    JMESPATH_IMPORT_ERROR = traceback.format_exc()
+
+
+def main() -> None:
+    module = new_module(
+        vm_argument_spec(
+            command={"type": "str", "required": True},
+            arguments={"type": "dict", "default": {}},
+            query={"type": "str"},
+            monitor={"type": "str", "default": "main", "choices": ["main", "job"]},
+            timeout={"type": "float", "default": 30},
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    read_only = params["command"].startswith("query-")
+    if params["query"]:
+        if JMESPATH_IMPORT_ERROR is not None:
+            module.fail_json(msg=missing_required_lib("jmespath"), exception=JMESPATH_IMPORT_ERROR)
+        try:
+            expression = jmespath.compile(params["query"])
+        except jmespath.exceptions.JMESPathError as exc:
+            module.fail_json(msg=f"invalid JMESPath query {params['query']!r}: {exc}")
+    if module.check_mode and not read_only:
+        module.exit_json(changed=True, skipped_reason="check mode: only query-* commands run")
+    paths = vm_paths(module)
+    with qmp(module, paths.job_qmp if params["monitor"] == "job" else paths.qmp) as session:
+        result = session.execute(params["command"], params["arguments"], timeout=params["timeout"])
+    output = {"changed": not read_only, "result": result}
+    if params["query"]:
+        output["queried"] = expression.search(result)
+    module.exit_json(**output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+#!/usr/bin/python
+# Copyright: livemig.qemu contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: qemu_vm
+short_description: Run, prepare as migration target, stop or remove a QEMU VM on this host
+version_added: 0.1.0
+description:
+  - Starts a VM from its spec (one C(livemig_vms) entry), daemonized, with its QMP monitors and serial console
+    on unix sockets in O(run_dir).
+  - Keeps a per-host record saying whether this host owns the VM, and the machine type and accelerator the VM was
+    started with, so that later starts and migration targets keep the same guest ABI.
+  - Refuses to start a VM this host does not own, unless asked to claim it (O(claim)) or told that it is a
+    migration target (O(migration_target)).
+  - An existing disk image at a disk's path is used as it is; a missing one is created.
+extends_documentation_fragment:
+  - livemig.qemu.vm
+attributes:
+  check_mode:
+    support: full
+options:
+  state:
+    description:
+      - V(running) starts the VM if it does not run. On a migration target whose incoming migration has completed,
+        it makes this host the owner.
+      - V(incoming) starts the VM paused, waiting for an incoming migration (C(-incoming defer)), with fresh local
+        disks of the source's size. Needs O(migration_target), O(machine) and O(accel).
+      - V(stopped) stops QEMU (ACPI power-down for up to O(powerdown_timeout) seconds, then quit). Ownership and
+        disks stay.
+      - V(absent) ends QEMU at once, deletes the local disks (unless O(keep_disks)) and this host's record.
+        Shared disks are never deleted.
+    type: str
+    choices: [running, incoming, stopped, absent]
+    default: running
+  spec:
+    description:
+      - The VM description. Required for O(state=running) and O(state=incoming).
+      - Keys C(memory_mb), C(vcpus), C(machine), C(cpu_model), C(accel) (V(auto), V(kvm) or V(tcg); V(auto) is KVM
+        when a KVM guest boots on this host, else TCG), optional C(kernel), C(initrd), C(append) (direct kernel boot),
+        and C(disks), a list of dicts with C(name), C(size_mb), C(format) (V(qcow2) or V(raw)), C(shared).
+    type: dict
+  qemu_binary:
+    description: QEMU system emulator to run.
+    type: str
+    default: qemu-system-x86_64
+  claim:
+    description:
+      - Make this host the owner when it does not own the VM yet and no QEMU of it runs here.
+      - The caller must know that no other host owns the VM (C(playbooks/start.yml) checks every host first).
+    type: bool
+    default: false
+  migration_target:
+    description:
+      - This host receives the VM by migration. Allows O(state=incoming) on a host that does not own the VM, and lets
+        O(state=running) claim ownership once the incoming migration has completed.
+    type: bool
+    default: false
+  machine:
+    description:
+      - Versioned machine type to use, pinned from the source for O(state=incoming).
+      - Without it, the type comes from this host's record, else from the spec (an alias is resolved to its
+        versioned type).
+    type: str
+  accel:
+    description: Accelerator to use (V(kvm) or V(tcg)), pinned from the source for O(state=incoming).
+    type: str
+    choices: [kvm, tcg]
+  disk_sizes:
+    description: Virtual size in bytes per disk name, for the fresh local disks of O(state=incoming).
+    type: dict
+    default: {}
+  keep_disks:
+    description: With O(state=absent), leave the local disk images in place.
+    type: bool
+    default: false
+  powerdown_timeout:
+    description: With O(state=stopped), seconds to wait for the guest to power off before QEMU is told to quit.
+    type: float
+    default: 60
+author:
+  - livemig.qemu contributors
+"""
+
+EXAMPLES = r"""
+- name: Start the VM on this host and make this host its owner
+  livemig.qemu.qemu_vm:
+    name: web1
+    spec: "{{ livemig_vms['web1'] }}"
+    image_dir: /var/lib/livemig/images
+    run_dir: /run/livemig
+    claim: true
+
+- name: Prepare this host as the target of a migration
+  livemig.qemu.qemu_vm:
+    name: web1
+    state: incoming
+    spec: "{{ livemig_vms['web1'] }}"
+    image_dir: /var/lib/livemig/images
+    run_dir: /run/livemig
+    migration_target: true
+    machine: pc-q35-10.0
+    accel: kvm
+
+- name: Stop it, keeping its disks
+  livemig.qemu.qemu_vm:
+    name: web1
+    state: stopped
+    run_dir: /run/livemig
+    image_dir: /var/lib/livemig/images
+"""
+
+RETURN = r"""
+status:
+  description: QEMU's run state after the task (C(running), C(inmigrate), ...), or C(null) when no QEMU runs.
+  returned: always
+  type: str
+  sample: running
+owner:
+  description: Whether this host owns the VM after the task.
+  returned: always
+  type: bool
+pid:
+  description: Process id of the VM's QEMU, when it runs.
+  returned: always
+  type: int
+machine:
+  description: The versioned machine type the VM runs with.
+  returned: when known
+  type: str
+  sample: pc-q35-10.0
+accel:
+  description: The accelerator the VM runs with.
+  returned: when known
+  type: str
+  sample: kvm
+disks:
+  description: The VM's disks on this host.
+  returned: when a spec is given
+  type: list
+  elements: dict
+  sample: [{"name": "root", "path": "/var/lib/livemig/images/web1-root.qcow2", "created": false, "shared": false}]
+sockets:
+  description: Paths of the QMP monitor, the job monitor and the serial console.
+  returned: always
+  type: dict
+stopped_by:
+  description: How QEMU ended (C(powerdown), C(quit) or C(kill)).
+  returned: when QEMU was stopped
+  type: str
+"""
+
+from ansible_collections.livemig.qemu.plugins.module_utils._lifecycle import VMLifecycle
+from ansible_collections.livemig.qemu.plugins.module_utils._module import new_module, vm_argument_spec
+
+
+def main() -> None:
+    module = new_module(
+        vm_argument_spec(
+            state={"type": "str", "default": "running", "choices": ["running", "incoming", "stopped", "absent"]},
+            spec={"type": "dict"},
+            qemu_binary={"type": "str", "default": "qemu-system-x86_64"},
+            claim={"type": "bool", "default": False},
+            migration_target={"type": "bool", "default": False},
+            machine={"type": "str"},
+            accel={"type": "str", "choices": ["kvm", "tcg"]},
+            disk_sizes={"type": "dict", "default": {}},
+            keep_disks={"type": "bool", "default": False},
+            powerdown_timeout={"type": "float", "default": 60},
+        ),
+        supports_check_mode=True,
+        required_if=[("state", "running", ("spec", "image_dir")),
+                     ("state", "incoming", ("spec", "image_dir", "machine", "accel"))],
+    )
+    VMLifecycle(module).apply()
+
+
+if __name__ == "__main__":
+    main()

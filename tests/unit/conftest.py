@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_COLLECTIONS = tempfile.mkdtemp(prefix="livemig-unit-")
+os.makedirs(os.path.join(_COLLECTIONS, "ansible_collections", "livemig"))
+os.symlink(REPO, os.path.join(_COLLECTIONS, "ansible_collections", "livemig", "qemu"))
+sys.path.insert(0, _COLLECTIONS)
+
+QEMU = shutil.which("qemu-system-x86_64")
+
+
+class Qemu:
+    """A QEMU process started by a test, ended by pid when the test is done."""
+
+    def __init__(self, directory: str, name: str, *extra: str):
+        self.qmp = os.path.join(directory, f"{name}.qmp")
+        argv = [QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-accel", "tcg",
+                "-chardev", f"socket,id=qmp,path={self.qmp},server=on,wait=off", "-mon", "chardev=qmp,mode=control",
+                *extra]
+        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(self.qmp):
+            assert self.process.poll() is None, self.process.stderr.read().decode()
+            assert time.monotonic() < deadline, "QEMU did not create its QMP socket"
+            time.sleep(0.01)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def qemu(tmp_path):
+    if QEMU is None:
+        pytest.fail("qemu-system-x86_64 is required for the unit tests")
+    started = []
+
+    def start(name: str, *extra: str) -> Qemu:
+        process = Qemu(str(tmp_path), name, *extra)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
