@@ -141,6 +141,7 @@ class VMLifecycle:
             self.record = None
         if not self.module.check_mode:
             _vmhost.clean_run_files(self.paths)
+            _vmhost.remove_file(self.paths.log)
 
     # -- helpers ------------------------------------------------------------------------------
 
