@@ -11,12 +11,14 @@ description:
   - Attaches the target's NBD export as a block node of the source QEMU and starts C(blockdev-mirror) (full sync)
     into it, while the guest keeps running and writing.
   - Waits, driven by QMP events, until the mirror is READY (the copy has caught up and follows every new write).
+  - Uses the VM's job monitor, so the main monitor stays free while it waits.
   - The mirror is finished at switchover by M(livemig.qemu.qemu_migrate), which cancels it gracefully so that the
     target holds a consistent copy. V(absent) aborts it instead and detaches the NBD node.
 extends_documentation_fragment:
   - livemig.qemu.vm
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
 options:
   disk:
@@ -56,7 +58,7 @@ options:
     type: float
     default: 3600
 author:
-  - livemig.qemu contributors
+  - livemig.qemu contributors (@livemig)
 """
 
 EXAMPLES = r"""
@@ -110,7 +112,7 @@ def main() -> None:
     paths = vm_paths(module)
     node = f"disk-{params['disk']}"
     result: dict = {"changed": False}
-    with qmp(module, paths.qmp) as session:
+    with qmp(module, paths.job_qmp) as session:  # waiting for READY can take long: keep the main monitor free
         job = _mirror.find_job(session, _mirror.job_id(node))
         if params["state"] == "absent":
             if job or _mirror.node_exists(session, _mirror.nbd_node(node)):

@@ -15,9 +15,11 @@ description:
   - Lists the VMs this host has a record of or runs, with their state, ownership, machine type and accelerator.
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Read-only; runs the same in check mode.
   facts:
+    description: Action returns an C(ansible_facts) dictionary that will update existing host facts.
     support: full
 options:
   qemu_binary:
@@ -45,7 +47,7 @@ requirements:
   - python >= 3.11
   - qemu.qmp (on the managed host)
 author:
-  - livemig.qemu contributors
+  - livemig.qemu contributors (@livemig)
 """
 
 EXAMPLES = r"""

@@ -25,6 +25,7 @@ extends_documentation_fragment:
   - livemig.qemu.vm
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
 options:
   state:
@@ -81,7 +82,7 @@ options:
     type: bool
     default: true
 author:
-  - livemig.qemu contributors
+  - livemig.qemu contributors (@livemig)
 """
 
 EXAMPLES = r"""

@@ -16,6 +16,7 @@ extends_documentation_fragment:
   - livemig.qemu.vm
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
 options:
   state:
@@ -36,7 +37,7 @@ options:
     type: int
     default: 0
 author:
-  - livemig.qemu contributors
+  - livemig.qemu contributors (@livemig)
 """
 
 EXAMPLES = r"""

@@ -15,6 +15,7 @@ extends_documentation_fragment:
   - livemig.qemu.vm
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: partial
     details: Only C(query-*) commands run in check mode.
 options:
@@ -41,7 +42,7 @@ options:
 requirements:
   - jmespath (on the managed host, when O(query) is used)
 author:
-  - livemig.qemu contributors
+  - livemig.qemu contributors (@livemig)
 """
 
 EXAMPLES = r"""

@@ -19,6 +19,7 @@ extends_documentation_fragment:
   - livemig.qemu.vm
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
 options:
   state:
@@ -80,7 +81,7 @@ options:
     type: float
     default: 60
 author:
-  - livemig.qemu contributors
+  - livemig.qemu contributors (@livemig)
 """
 
 EXAMPLES = r"""
