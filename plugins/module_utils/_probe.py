@@ -55,7 +55,7 @@ class Probe:
                 raise ProbeError(f"probe QEMU ({self.binary}, accel {self.accel}) did not start: {stderr.strip()}")
             time.sleep(0.01)
         try:
-            self.session = QMPSession(socket_path, connect_timeout=10).connect()
+            self.session = QMPSession(socket_path, connect_timeout=30).connect()
         except QMPError as exc:
             self._stop()
             raise ProbeError(f"probe QEMU does not answer on QMP: {exc}") from exc
@@ -148,6 +148,6 @@ def host_memory() -> dict[str, int]:
     values = {}
     with open("/proc/meminfo", encoding="ascii") as handle:
         for line in handle:
-            key, _, rest = line.partition(":")
+            key, _sep, rest = line.partition(":")
             values[key] = int(rest.split()[0]) // 1024
     return {"total_mb": values.get("MemTotal", 0), "available_mb": values.get("MemAvailable", 0)}

@@ -97,6 +97,8 @@ class Subscription:
 class QMPSession:
     """One connection to a QEMU monitor socket."""
 
+    ATTEMPT_TIMEOUT = 5.0
+
     def __init__(self, path: str, connect_timeout: float = 10.0, command_timeout: float = 30.0):
         if QMP_IMPORT_ERROR is not None:
             raise QMPError("the Python library qemu.qmp is not installed on this host")
@@ -119,7 +121,8 @@ class QMPSession:
         last_error: Exception | None = None
         while time.monotonic() < deadline:
             try:
-                self.run(self.client.connect(self.path), max(deadline - time.monotonic(), 0.1))
+                attempt = min(max(deadline - time.monotonic(), 0.1), self.ATTEMPT_TIMEOUT)
+                self.run(self.client.connect(self.path), attempt)
                 return self
             except (QMPTimeout, OSError, _LibraryError) as exc:
                 last_error = exc

@@ -101,8 +101,8 @@ def start_server(session: QMPSession, address: str, port: int) -> int:
     for attempt in range(PORT_ATTEMPTS):
         chosen = port or free_port(address)
         try:
-            session.execute("nbd-server-start", {"addr": {"type": "inet", "data": {"host": address,
-                                                                                  "port": str(chosen)}}})
+            session.execute("nbd-server-start",
+                            {"addr": {"type": "inet", "data": {"host": address, "port": str(chosen)}}})
             return chosen
         except QMPError as exc:
             if port or "in use" not in str(exc).lower() or attempt == PORT_ATTEMPTS - 1:

@@ -41,14 +41,14 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 # 1. Kernel package (cached in out/cache).
-deb=$(ls "$out"/cache/linux-image-*-cloud-amd64_*.deb 2>/dev/null | head -n1 || true)
+deb=$(find "$out/cache" -maxdepth 1 -name 'linux-image-*-cloud-amd64_*.deb' | sort | head -n1)
 if [[ -z $deb ]]; then
     resolve() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}'; }
     pkg=$(resolve)
     [[ -n $pkg ]] || { apt-get update -q >/dev/null; pkg=$(resolve); }
     [[ -n $pkg ]] || { echo "cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
     (cd "$out/cache" && { apt-get download "$pkg" 2>/dev/null || { apt-get update -q >/dev/null && apt-get download "$pkg"; }; })
-    deb=$(ls "$out"/cache/linux-image-*-cloud-amd64_*.deb | head -n1)
+    deb=$(find "$out/cache" -maxdepth 1 -name 'linux-image-*-cloud-amd64_*.deb' | sort | head -n1)
 fi
 dpkg -x "$deb" "$tmp/k"
 kver=$(basename "$(ls -d "$tmp"/k/lib/modules/*)")

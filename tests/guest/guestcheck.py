@@ -183,8 +183,8 @@ def analyze(lines) -> dict:
         elif b[2] <= a[2]:
             res["hb_seq_errors"] += 1
         res["max_guest_gap_ms"] = max(res["max_guest_gap_ms"], b[3] - a[3])
-    for t, lab, seq, _ in hb:
-        n, s0, _, t0, _ = res["hb_by_label"].get(lab, (0, seq, seq, t, t))
+    for t, lab, seq, _guest_ms in hb:
+        n, s0, _last_seq, t0, _last_t = res["hb_by_label"].get(lab, (0, seq, seq, t, t))
         res["hb_by_label"][lab] = (n + 1, s0, seq, t0, t)
     for rec in lines:
         t, lab, text = rec
@@ -231,7 +231,7 @@ def _splitmix64(x: int) -> tuple[int, int]:
 def ring_fill(seq: int) -> bytes:
     """Bytes 32..4095 of the ring block for seq (same as workload.c)."""
     words, x = [], seq
-    for _ in range(4):
+    for _word in range(4):
         x, w = _splitmix64(x)
         words.append(w)
     return struct.pack("<4Q", *words) * ((BLOCK - 32) // 32)

@@ -189,16 +189,28 @@ static uint64_t pc_value(uint64_t pass, uint64_t i)
     return (pass << 32) ^ i ^ 0x5a00000000000000ULL;
 }
 
+/* Allocated before LMREADY: populating it stalls a TCG guest for up to ~1 s. */
+static uint64_t *pc_mem;
+
+static void pagecheck_alloc(void)
+{
+    size_t bytes = (size_t)K.wss_mb << 20;
+    pc_mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (pc_mem == MAP_FAILED) {
+        say("PCFAIL 0 mmap errno=%d", errno);
+        pc_mem = NULL;
+        return;
+    }
+    mlock(pc_mem, bytes); /* best effort */
+}
+
 static void *pagecheck(void *arg)
 {
     (void)arg;
-    size_t bytes = (size_t)K.wss_mb << 20, npages = bytes / BLK;
-    uint64_t *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    if (mem == MAP_FAILED) {
-        say("PCFAIL 0 mmap errno=%d", errno);
+    size_t npages = ((size_t)K.wss_mb << 20) / BLK;
+    uint64_t *mem = pc_mem;
+    if (!mem)
         return NULL;
-    }
-    mlock(mem, bytes); /* best effort */
     const size_t W = BLK / 8, chunk = 64;
     int64_t pps = K.dirty_mbps * 256; /* pages per second */
     for (uint64_t pass = 1;; pass++) {
@@ -312,6 +324,7 @@ int main(void)
     setup_console();
     load_modules();
     parse_cmdline();
+    pagecheck_alloc();
     say("LMREADY wss_mb=%ld dirty_mbps=%ld writes_ps=%ld hb_ms=%ld disk=%s ring_blocks=%ld",
         K.wss_mb, K.dirty_mbps, K.writes_ps, K.hb_ms, K.disk, K.ring_blocks);
     pthread_t th;

@@ -165,7 +165,7 @@ def test_execute_after_qemu_is_killed_raises_qmp_error(idle):
     try:
         assert session.execute("query-status")["status"] == "prelaunch"
         idle.kill()
-        for _ in range(2):  # the first call sees the disconnect, the second a disconnected client
+        for _attempt in range(2):  # the first call sees the disconnect, the second a disconnected client
             with pytest.raises(QMPError) as caught:
                 session.execute("query-status", timeout=5)
             assert type(caught.value) in (QMPError, QMPTimeout)

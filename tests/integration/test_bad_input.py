@@ -1,0 +1,73 @@
+"""Bad requests get a clear error and change nothing on either host."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import LAB_DIR
+
+
+@pytest.fixture(scope="module")
+def running_vm(lab):
+    name = lab.define_vm("badinput-vm", "idle")
+    lab.start(name, "hv1", prefill=False)
+    yield name
+    lab.remove(name)
+
+
+def refused(lab, running_vm, expected: str, **variables) -> None:
+    before = lab.files(running_vm)
+    result = lab.play("migrate", **{"livemig_vm": running_vm, "livemig_source": "hv1", "livemig_target": "hv2",
+                                    **variables})
+    assert result.failed, result.output
+    assert expected in result.output, result.output
+    assert result.changed == 0, result.output
+    assert "Traceback" not in result.output
+    assert lab.files(running_vm) == before, "a refused request must not touch either host"
+    assert lab.qmp("hv1", running_vm, "query-status")["status"] == "running"
+    if "already runs" not in expected:
+        assert lab.pid("hv2", running_vm) is None
+
+
+def test_unknown_vm(lab, running_vm):
+    refused(lab, running_vm, "unknown VM (not a key of livemig_vms)", livemig_vm="no-such-vm")
+
+
+def test_source_equals_target(lab, running_vm):
+    refused(lab, running_vm, "source and target are the same host", livemig_target="hv1")
+
+
+@pytest.mark.parametrize("bad_name", ["../etc", "a/b", "x..y"])
+def test_unsafe_vm_name(lab, running_vm, bad_name):
+    refused(lab, running_vm, "the VM name is invalid", livemig_vm=bad_name)
+
+
+def test_unknown_target_host(lab, running_vm):
+    refused(lab, running_vm, "both hosts must be in the inventory", livemig_target="hv9")
+
+
+def test_memory_larger_than_target_has(lab, running_vm):
+    huge = lab.define_vm("badinput-huge", "idle", memory_mb=64 * 1024 * 1024)
+    refused(lab, running_vm, "MiB of memory but hv2 has only", livemig_vm=huge)
+
+
+def test_target_already_runs_the_vm(lab, running_vm):
+    """A second copy of the VM runs on hv2 (started behind the playbooks' back): refuse, touch neither."""
+    twin = lab.define_vm("badinput-twin", "idle")
+    lab.start(twin, "hv1", prefill=False)
+    try:
+        arguments = {"name": twin, "spec": lab.vms[twin], "run_dir": os.path.join(LAB_DIR, "hv2", "run"),
+                     "image_dir": os.path.join(LAB_DIR, "hv2", "images"), "state_dir": os.path.join(LAB_DIR, "hv2", "state"),
+                     "claim": True}
+        adhoc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible"), "hv2",
+                                "-i", os.path.join(LAB_DIR, "inventory.yml"),
+                                "-m", "livemig.qemu.qemu_vm", "-a", json.dumps(arguments)],
+                               capture_output=True, text=True, env=lab.env(), check=False)
+        assert adhoc.returncode == 0, adhoc.stdout + adhoc.stderr
+        refused(lab, twin, "the target already runs that VM (running)")
+    finally:
+        lab.remove(twin)

@@ -1,0 +1,92 @@
+"""Failures before the switchover roll back: the VM keeps running on the source, the target is cleaned up."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+from conftest import guestcheck, lab_path, link, wait_until
+
+
+def assert_rolled_back(lab, tap, name: str, result, phase: str, since: float) -> None:
+    assert result.failed, result.output
+    assert f"failed in the {phase} phase" in result.output, result.output
+    assert lab.qmp("hv1", name, "query-status")["status"] == "running", "the VM must run, not paused, on hv1"
+    assert lab.record("hv1", name)["owner"] is True
+    assert lab.qmp("hv1", name, "query-block-jobs") == []
+    nodes = [node.get("node-name", "") for node in lab.qmp("hv1", name, "query-named-block-nodes")]
+    assert not [node for node in nodes if node.startswith("livemig-nbd-")], nodes
+    assert lab.qmp("hv1", name, "query-migrate").get("status") in (None, "cancelled", "failed")
+    assert lab.pid("hv2", name) is None, "the target QEMU (and its NBD server) must be gone"
+    assert not os.path.exists(lab_path("hv2", "images", f"{name}-root.qcow2")), "partial disk left on hv2"
+    assert lab.record("hv2", name) is None
+    # The guest never noticed: heartbeats kept coming on hv1, memory intact.
+    after = time.monotonic()
+    tap.wait_for(r"^PC \d+ OK", label="hv1", timeout=60, since=after)
+    lines = tap.snapshot()
+    summary = guestcheck.analyze(lines)
+    assert summary["pagecheck_failures"] == []
+    gaps = [gap for start, end, gap in guestcheck.hb_gaps(lines, "hv1") if end >= since]
+    assert max(gaps) < 1.0, f"heartbeat stopped for {max(gaps):.3f}s"
+
+
+def run_in_background(function) -> threading.Thread:
+    thread = threading.Thread(target=function, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_target_killed_during_disk_mirror(lab, vm):
+    name = vm("light")
+    image = lab_path("hv1", "images", f"{name}-root.qcow2")
+    lab.start(name, "hv1", prefill=False)
+    tap = lab.tap(name)
+    try:
+        tap.wait_for(r"^PC \d+ OK", label="hv1", timeout=60)
+        since = time.monotonic()
+
+        def kill_target_once_mirroring():
+            wait_until(lambda: lab.qmp("hv1", name, "query-block-jobs"), 120, "the disk mirror to start")
+            os.kill(lab.pid("hv2", name), signal.SIGKILL)
+
+        assert os.path.exists(image)
+        killer = run_in_background(kill_target_once_mirroring)
+        # 4 MiB/s keeps the 1 GiB mirror busy long enough to be interrupted.
+        result = lab.migrate(name, "hv1", "hv2", livemig_max_bandwidth=4 * 1024 * 1024)
+        killer.join(5)
+        assert_rolled_back(lab, tap, name, result, "disk mirror", since)
+        assert "the mirror of disk-root failed" in result.output, result.output
+    finally:
+        tap.stop()
+
+
+def test_link_cut_during_ram_precopy(lab, vm):
+    name = vm("light")
+    lab.start(name, "hv1", prefill=False)
+    tap = lab.tap(name)
+    restored = threading.Event()
+    try:
+        tap.wait_for(r"^PC \d+ OK", label="hv1", timeout=60)
+        since = time.monotonic()
+
+        def cut_link_during_precopy():
+            def precopy_running():
+                info = lab.qmp("hv1", name, "query-migrate")
+                return info.get("status") == "active" and info.get("ram", {}).get("transferred", 0) > 0
+            wait_until(precopy_running, 180, "RAM pre-copy to start", interval=0.2)
+            link("hv2", "down")
+            time.sleep(12)  # a flap: long enough to be taken for a dead link, then it comes back
+            link("hv2", "up")
+            restored.set()
+
+        cutter = run_in_background(cut_link_during_precopy)
+        # 8 MiB/s against 16 MiB/s of dirtying: pre-copy runs until the link goes away.
+        result = lab.migrate(name, "hv1", "hv2", livemig_max_bandwidth=8 * 1024 * 1024, livemig_stall_timeout=4)
+        cutter.join(30)
+        assert restored.is_set()
+        assert_rolled_back(lab, tap, name, result, "RAM pre-copy and switchover", since)
+        assert "no data moved" in result.output, result.output
+    finally:
+        link("hv2", "up")
+        tap.stop()
