@@ -22,10 +22,10 @@ alive() {
 
 # kill_pids PID...: TERM, wait up to ~3 s, then KILL whatever is left.
 kill_pids() {
-    local pid i left
+    local pid left
     [ "$#" -gt 0 ] || return 0
     kill -TERM "$@" 2>/dev/null || true
-    for i in $(seq 30); do
+    for _ in $(seq 30); do
         left=()
         for pid in "$@"; do alive "$pid" && left+=("$pid"); done
         [ "${#left[@]}" -eq 0 ] && return 0

@@ -178,6 +178,7 @@ ensure_sshd() {
     # sshd daemonizes; it keeps the netns (and the private mount ns that
     # `ip netns exec` sets up) after this script exits. A private UTS ns
     # gives the host its own hostname (hv1/hv2) for ssh sessions.
+    # shellcheck disable=SC2016  # $1..$3 are expanded by the inner sh, from the arguments after the script
     ip netns exec "$h" unshare --uts -- sh -c 'hostname "$1" && exec /usr/sbin/sshd -f "$2" -E "$3"' \
         sshd-"$h" "$h" "$cfg" "$SSH_DIR/$h/sshd.log" </dev/null
 }

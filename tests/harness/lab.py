@@ -1,0 +1,214 @@
+"""Drive the documented playbooks against the two-host lab with the test guest: used by the integration tests,
+the demo and the measurements."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import yaml
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LAB_DIR = os.environ.get("LAB_DIR", "/var/lib/livemig-lab")
+HOSTS = ("hv1", "hv2")
+RING_BLOCKS = 4096
+sys.path.insert(0, os.path.join(REPO, "tests", "guest"))
+import guestcheck  # noqa: E402  pylint: disable=wrong-import-position
+
+WORKLOADS = {
+    "idle": {"memory_mb": 256, "append": "lm.wss_mb=64 lm.dirty_mbps=0 lm.writes_ps=0"},
+    "light": {"memory_mb": 256, "append": "lm.wss_mb=64 lm.dirty_mbps=16 lm.writes_ps=20"},
+    "heavy": {"memory_mb": 512, "append": "lm.wss_mb=256 lm.dirty_mbps=128 lm.writes_ps=100"},
+}
+
+
+def collections_path() -> str:
+    """The installed collection under test (CI installs the built tarball), else the work tree."""
+    path = os.environ.get("LIVEMIG_COLLECTIONS_PATH")
+    if path:
+        return path
+    path = os.path.join(REPO, "collections")
+    link = os.path.join(path, "ansible_collections", "livemig", "qemu")
+    if not os.path.exists(link):
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(REPO, link)
+    return path
+
+
+def lab_path(host: str, kind: str, name: str) -> str:
+    return os.path.join(LAB_DIR, host, kind, name)
+
+
+@dataclass
+class PlayResult:
+    rc: int
+    output: str
+    recap: dict = field(default_factory=dict)
+
+    @property
+    def changed(self) -> int:
+        return sum(host["changed"] for host in self.recap.values())
+
+    @property
+    def failed(self) -> bool:
+        return self.rc != 0
+
+
+class Lab:
+    def __init__(self, guest: dict[str, str], workdir: str):
+        self.guest = guest
+        self.workdir = workdir
+        self.vms: dict[str, dict] = {}
+
+    def define_vm(self, name: str, workload: str = "light", disk_mb: int = 1024, memory_mb: int | None = None) -> str:
+        load = WORKLOADS[workload]
+        self.vms[name] = {
+            "memory_mb": memory_mb or load["memory_mb"], "vcpus": 1, "machine": "q35", "cpu_model": "qemu64",
+            "accel": "auto", "kernel": self.guest["kernel"], "initrd": self.guest["initrd"],
+            "append": f"console=ttyS0 quiet loglevel=0 {load['append']} lm.ring_blocks={RING_BLOCKS}",
+            "disks": [{"name": "root", "size_mb": disk_mb, "format": "qcow2", "shared": False}],
+        }
+        with open(self.vms_inventory, "w", encoding="utf-8") as handle:
+            yaml.safe_dump({"all": {"vars": {"livemig_vms": self.vms}}}, handle)
+        return name
+
+    @property
+    def vms_inventory(self) -> str:
+        return os.path.join(self.workdir, "vms.yml")
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "ANSIBLE_COLLECTIONS_PATH": collections_path(), "ANSIBLE_HOST_KEY_CHECKING": "False",
+                "ANSIBLE_PIPELINING": "True", "ANSIBLE_STDOUT_CALLBACK": "default",
+                "ANSIBLE_CALLBACK_RESULT_FORMAT": "yaml", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1",
+                "ANSIBLE_DEPRECATION_WARNINGS": "False"}
+
+    def play(self, playbook: str, check: bool = False, **extra_vars) -> PlayResult:
+        command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
+                   "-i", os.path.join(LAB_DIR, "inventory.yml"), "-i", self.vms_inventory,
+                   f"livemig.qemu.{playbook}", "-e", json.dumps(extra_vars)]
+        if check:
+            command.append("--check")
+        process = subprocess.run(command, capture_output=True, text=True, env=self.env(), check=False, timeout=900)
+        output = process.stdout + process.stderr
+        recap = {}
+        for match in re.finditer(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
+                                 output, re.M):
+            recap[match[1]] = {"ok": int(match[2]), "changed": int(match[3]), "failed": int(match[5])}
+        return PlayResult(process.returncode, output, recap)
+
+    def start(self, name: str, host: str = "hv1", prefill: bool = True) -> str | None:
+        """Start a VM with the documented playbook; returns the hash of its disk outside the ring."""
+        digest = None
+        if prefill:
+            image = lab_path(host, "images", f"{name}-root.qcow2")
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", image,
+                            f"{self.vms[name]['disks'][0]['size_mb']}M"], check=True)
+            guestcheck.prefill(image, RING_BLOCKS, seed=name)
+            digest = guestcheck.hash_outside_ring(image, RING_BLOCKS)
+        result = self.play("start", livemig_vm=name, livemig_host=host)
+        assert not result.failed, result.output
+        return digest
+
+    def migrate(self, name: str, source: str, target: str, **extra) -> PlayResult:
+        return self.play("migrate", livemig_vm=name, livemig_source=source, livemig_target=target,
+                         livemig_report_dir=self.workdir, livemig_keep_source_disks=True, **extra)
+
+    def report(self, name: str) -> dict:
+        reports = sorted(entry for entry in os.listdir(self.workdir) if entry.startswith(f"{name}-")
+                         and entry.endswith(".json"))
+        with open(os.path.join(self.workdir, reports[-1]), encoding="utf-8") as handle:
+            return json.load(handle)
+
+    def stop(self, name: str) -> None:
+        result = self.play("stop", livemig_vm=name, livemig_powerdown_timeout=0)
+        assert not result.failed, result.output
+
+    def tap(self, name: str) -> guestcheck.SerialTap:
+        return guestcheck.SerialTap([(host, lab_path(host, "run", f"{name}.serial")) for host in HOSTS]).start()
+
+    def pid(self, host: str, name: str) -> int | None:
+        try:
+            with open(lab_path(host, "run", f"{name}.pid"), encoding="ascii") as handle:
+                pid = int(handle.read())
+        except (OSError, ValueError):
+            return None
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+                alive = handle.read().split(") ", 1)[1][0] != "Z"
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                ours = f"{name}.qmp".encode() in handle.read()
+        except (OSError, IndexError):
+            return None
+        return pid if alive and ours else None
+
+    def record(self, host: str, name: str) -> dict | None:
+        try:
+            with open(lab_path(host, "state", f"{name}.json"), encoding="utf-8") as handle:
+                return json.load(handle)
+        except FileNotFoundError:
+            return None
+
+    def qmp(self, host: str, name: str, command: str, arguments: dict | None = None):
+        with QMPSession(lab_path(host, "run", f"{name}.qmp"), connect_timeout=10) as session:
+            return session.execute(command, arguments)
+
+    def files(self, name: str) -> dict[str, float]:
+        """Every lab file of a VM, with its modification time: a change shows up here."""
+        found = {}
+        for host in HOSTS:
+            for kind in ("images", "run", "state"):
+                directory = os.path.join(LAB_DIR, host, kind)
+                for entry in os.listdir(directory) if os.path.isdir(directory) else []:
+                    if entry.startswith(f"{name}-") or entry.startswith(f"{name}."):
+                        path = os.path.join(directory, entry)
+                        found[path] = os.stat(path).st_mtime
+        return found
+
+    def remove(self, name: str) -> None:
+        """End the VM's QEMUs (started by these tests) and delete its files on both hosts."""
+        for host in HOSTS:
+            pid = self.pid(host, name)
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        for path in self.files(name):
+            os.unlink(path)
+
+
+sys.path.insert(0, collections_path())
+from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPSession  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def build_guest() -> dict[str, str]:
+    subprocess.run([os.path.join(REPO, "tests", "guest", "build.sh")], check=True, capture_output=True)
+    out = os.path.join(REPO, "tests", "guest", "out")
+    return {"kernel": os.path.join(out, "vmlinuz"), "initrd": os.path.join(out, "initrd.img")}
+
+
+def lab_up() -> None:
+    environment = {**os.environ, "LAB_DIR": LAB_DIR, "LAB_PYTHON": sys.executable}
+    subprocess.run([os.path.join(REPO, "lab", "lab-up.sh")], check=True, env=environment, capture_output=True)
+
+
+def lab_down() -> None:
+    subprocess.run([os.path.join(REPO, "lab", "lab-down.sh")], check=True, env={**os.environ, "LAB_DIR": LAB_DIR},
+                   capture_output=True)
+
+
+def link(host: str, action: str) -> None:
+    subprocess.run([os.path.join(REPO, "lab", "link.sh"), host, action], check=True, capture_output=True)
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what}")
