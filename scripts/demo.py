@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Live-migrate a demo VM (1 GiB local disk, a guest under load) from hv1 to hv2 in the lab, and report.
 
 Run through scripts/demo.sh, which prepares the machine first. With --runs N it repeats the move N times and
@@ -35,7 +35,7 @@ def one_run(lab: Lab, name: str, workload: str) -> dict:
         tap.stop()
     lines = tap.snapshot()
     summary = guestcheck.analyze(lines)
-    source_gaps = [gap for _, _, gap in guestcheck.hb_gaps(lines, "hv1")]
+    source_gaps = [gap for _t_prev, _t_next, gap in guestcheck.hb_gaps(lines, "hv1")]
     lab.stop(name)
     image = lab_path("hv2", "images", f"{name}-root.qcow2")
     ring = guestcheck.check_ring(image, RING_BLOCKS, min_seq=summary["last_ring_seq"])

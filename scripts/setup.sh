@@ -18,7 +18,7 @@ SOURCES
 fi
 
 packages=(openssh-server openssh-client iproute2 iputils-ping rsync gcc libc6-dev binutils cpio gzip xz-utils zstd
-          python3-venv git)
+          python3-venv git shellcheck)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")
