@@ -30,7 +30,7 @@ if [ "${#missing[@]}" -gt 0 ] || [ "${qemu_major:-0}" -lt 10 ]; then
     [ "${#missing[@]}" -eq 0 ] || apt-get install -y -q "${missing[@]}" >/dev/null
     [ "${qemu_major:-0}" -ge 10 ] || apt-get install -y -q -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
 fi
-qemu-system-x86_64 --version | head -n1
+qemu-system-x86_64 --version | sed -n 1p
 
 python=${PYTHON:-python3}
 if [ ! -x "$venv/bin/python" ]; then
@@ -42,4 +42,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$repo/requirements-dev.txt"
     echo "$wanted" > "$stamp"
 fi
-"$venv/bin/ansible" --version | head -n1
+echo "ansible-core $("$venv/bin/python" -c "import ansible.release as r; print(r.__version__)")"
