@@ -26,7 +26,7 @@ class SpecError(ValueError):
 
 
 def check_vm_name(name: str) -> str:
-    if not isinstance(name, str) or not VM_NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not VM_NAME.fullmatch(name) or ".." in name:
         raise SpecError(f"invalid VM name {name!r}: use letters, digits, '.', '_' or '-' "
                         "(no '/', no '..', at most 63 characters, not starting with '.' or '-')")
     return name
@@ -83,7 +83,7 @@ def _disk(raw: Any, vm: str, index: int) -> Disk:
     if unknown:
         raise SpecError(f"VM {vm}: disks[{index}] has unknown keys {sorted(unknown)}")
     name = raw.get("name")
-    if not isinstance(name, str) or not DISK_NAME.match(name):
+    if not isinstance(name, str) or not DISK_NAME.fullmatch(name):
         raise SpecError(f"VM {vm}: disks[{index}].name {name!r} must match {DISK_NAME.pattern}")
     disk_format = raw.get("format", "qcow2")
     if disk_format not in DISK_FORMATS:

@@ -159,7 +159,7 @@ def main() -> None:
         required_if=[("state", "present", ("address",))],
     )
     paths = vm_paths(module)
-    bad = [disk for disk in module.params["disks"] if not DISK_NAME.match(disk)]
+    bad = [disk for disk in module.params["disks"] if not DISK_NAME.fullmatch(disk)]
     if bad:
         module.fail_json(msg=f"invalid disk names {bad}: each must match {DISK_NAME.pattern}")
     record = load_record(paths.record, paths.vm) or HostRecord(vm=paths.vm)

@@ -87,12 +87,19 @@ class Lab:
                 "ANSIBLE_CALLBACK_RESULT_FORMAT": "yaml", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1",
                 "ANSIBLE_DEPRECATION_WARNINGS": "False"}
 
-    def play(self, playbook: str, check: bool = False, **extra_vars) -> PlayResult:
+    def play_command(self, playbook: str, check: bool, extra_vars: dict) -> list[str]:
         command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
                    "-i", os.path.join(LAB_DIR, "inventory.yml"), "-i", self.vms_inventory,
                    f"livemig.qemu.{playbook}", "-e", json.dumps(extra_vars)]
-        if check:
-            command.append("--check")
+        return command + (["--check"] if check else [])
+
+    def play_in_background(self, playbook: str, **extra_vars) -> subprocess.Popen:
+        """Start a playbook in its own process group, so that a test can kill the whole controller side."""
+        return subprocess.Popen(self.play_command(playbook, False, extra_vars), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=self.env(), start_new_session=True)
+
+    def play(self, playbook: str, check: bool = False, **extra_vars) -> PlayResult:
+        command = self.play_command(playbook, check, extra_vars)
         process = subprocess.run(command, capture_output=True, text=True, env=self.env(), check=False, timeout=900)
         output = process.stdout + process.stderr
         recap = {}

@@ -124,9 +124,8 @@ def test_parse_spec_rejects_disk_names(name):
 
 
 def test_parse_spec_rejects_disk_name_with_trailing_newline():
-    # BUG (plugins/module_utils/_vmspec.py, DISK_NAME): like VM_NAME, the pattern ends in '$', which
-    # also matches before a trailing newline; "root\n" becomes node-name "disk-root\n" and device id
-    # "vd-root\n", which QEMU rejects only when the VM is started. Use DISK_NAME.fullmatch (or '\Z').
+    # Regression: DISK_NAME ends in '$', which re.match also lets match before a trailing newline; "root\n"
+    # would become node-name "disk-root\n", which QEMU rejects only when the VM starts. fullmatch closes it.
     try:
         spec = parse_spec("vm1", raw_spec(disks=[{"name": "root\n", "size_mb": 8}]))
     except SpecError:
@@ -197,9 +196,8 @@ def test_check_vm_name_rejects(name):
 
 
 def test_check_vm_name_rejects_trailing_newline():
-    # BUG (plugins/module_utils/_vmspec.py, VM_NAME/DISK_NAME): the patterns end in '$', which also
-    # matches just before a trailing newline, so "vm1\n" passes the check and ends up in file names,
-    # socket paths and QEMU's -name. re.fullmatch (or '\Z') closes this.
+    # Regression: VM_NAME ends in '$', which re.match also lets match before a trailing newline, so "vm1\n"
+    # would pass and end up in file names, socket paths and QEMU's -name. fullmatch closes it.
     try:
         check_vm_name("vm1\n")
     except SpecError:
