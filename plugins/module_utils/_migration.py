@@ -16,7 +16,7 @@ from ansible_collections.livemig.qemu.plugins.module_utils import _mirror
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession, event_time
 
 UNLIMITED_BANDWIDTH = 1 << 40  # bytes/s; QEMU's own default cap is 128 MiB/s
-ACTIVE = ("setup", "active", "pre-switchover", "device", "wait-unplug",
+ACTIVE = ("setup", "active", "cancelling", "pre-switchover", "device", "wait-unplug",
           "postcopy-active", "postcopy-paused", "postcopy-recover")
 EVENTS = ("MIGRATION", "MIGRATION_PASS", "STOP", "RESUME", "BLOCK_JOB_ERROR", *_mirror.JOB_END_EVENTS)
 
@@ -70,6 +70,9 @@ class SourceMigration:
 
     def run(self) -> dict[str, Any]:
         self._started = time.monotonic()
+        status = self.session.execute("query-migrate").get("status")
+        if status in ACTIVE:
+            raise MigrationFailed("setup", f"a migration is already {status} on this VM", True)
         with self.session.subscribe(EVENTS) as events:
             try:
                 self._configure()
@@ -81,11 +84,10 @@ class SourceMigration:
         return self._statistics()
 
     def _configure(self) -> None:
-        status = self.session.execute("query-migrate").get("status")
-        if status in ACTIVE:
-            raise MigrationFailed("setup", f"a migration is already {status} on this VM", True)
-        capabilities = {"events": True, "pause-before-switchover": bool(self.settings.mirrored_nodes),
-                        **self.settings.capabilities}
+        capabilities = {**self.settings.capabilities, "events": True}
+        if self.settings.mirrored_nodes:
+            capabilities["pause-before-switchover"] = True  # the mirrors are finished at that pause
+        capabilities.setdefault("pause-before-switchover", False)
         self.session.execute("migrate-set-capabilities", {"capabilities": [
             {"capability": name, "state": state} for name, state in sorted(capabilities.items())]})
         parameters = {"max-bandwidth": self.settings.max_bandwidth or UNLIMITED_BANDWIDTH,
@@ -121,7 +123,7 @@ class SourceMigration:
         latest = moved[-1]["transferred"]
         since = next((point["t"] for point in moved if point["transferred"] == latest), moved[-1]["t"])
         if now - self._started - since >= self.settings.stall_timeout:
-            raise MigrationFailed(self.phase, f"no data moved for {self.settings.stall_timeout:.0f}s "
+            raise MigrationFailed(self.phase, f"no data moved for {self.settings.stall_timeout:g}s "
                                   "(is the migration link down?)", True)
 
     def _handle(self, event: dict[str, Any]) -> bool:
@@ -165,8 +167,8 @@ class SourceMigration:
         phase = getattr(failure, "phase", self.phase)
         cause = getattr(failure, "cause", str(failure))
         if self._continued:
-            # The device state may have reached the target: only the target's real state can decide.
-            return MigrationFailed(phase, cause, False, self._statistics_safely())
+            # The device state may have reached the target: never resume here, report what QEMU did.
+            return MigrationFailed(phase, cause, self._source_running_after_failure(), self._statistics_safely())
         notes = []
         for step in (self._cancel_migration, self._abort_mirrors, self._resume_source):
             try:
@@ -194,6 +196,18 @@ class SourceMigration:
     def _resume_source(self) -> None:
         if self.session.execute("query-status")["status"] in ("paused", "finish-migrate", "postmigrate"):
             self.session.execute("cont")
+
+    def _source_running_after_failure(self, timeout: float = 10.0) -> bool:
+        """QEMU restarts a source whose migration failed; wait for it to settle, bounded."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.session.execute("query-status")["status"] != "finish-migrate":
+                    break
+            except QMPError:
+                return False
+            time.sleep(0.05)
+        return self._source_running()
 
     def _source_running(self) -> bool:
         try:
