@@ -20,7 +20,7 @@ work=$(mktemp -d /tmp/livemig-test.XXXXXX)
 cleanup() { LAB_DIR="${LAB_DIR:-/var/lib/livemig-lab}" lab/lab-down.sh >/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 ansible-galaxy collection build --output-path "$work/dist" "$repo" >/dev/null
-ansible-galaxy collection install --offline -p "$work/collections" "$work"/dist/livemig-qemu-*.tar.gz >/dev/null
+ansible-galaxy collection install --offline --force -p "$work/collections" "$work"/dist/livemig-qemu-*.tar.gz >/dev/null
 export LIVEMIG_COLLECTIONS_PATH="$work/collections" ANSIBLE_COLLECTIONS_PATH="$work/collections"
 ansible-doc livemig.qemu.qemu_migrate >/dev/null
 
