@@ -31,6 +31,7 @@ step "integration tests (installed collection)"
 python -m pytest -q -p no:cacheprovider tests/integration
 
 step "molecule scenario (installed collection)"
+molecule reset >/dev/null 2>&1 || true  # forget any earlier run's state (prepare would be skipped)
 molecule test
 
 step "sanity and lint"

@@ -103,7 +103,7 @@ RETURN = r"""
 statistics:
   description:
     - C(total_time_ms), C(downtime_ms), C(setup_time_ms) and C(passes) as QEMU reports them;
-    - C(ram_transferred), C(ram_total) (bytes) and C(disk_bytes_at_switchover);
+    - C(ram_transferred), C(ram_total) (bytes) and C(disk_size), the virtual size of the mirrored disks;
     - C(source_stop_time), C(pre_switchover_time), C(mirrors_done_time), C(completed_time) (epoch seconds);
     - C(history), one sample per second of C(status), C(remaining), C(transferred), C(mbps), C(dirty_rate),
       C(passes), C(throttle);

@@ -83,6 +83,11 @@ resume_time:
   description: QEMU's timestamp (seconds since the epoch) of the RESUME event on this host, when it was seen.
   returned: when O(state=completed)
   type: float
+disk_allocated:
+  description: Bytes allocated on this host by each disk image of the VM (what the disk mirrors had to write).
+  returned: when O(state=completed)
+  type: dict
+  sample: {"root": 9502720}
 """
 
 import time
@@ -120,12 +125,18 @@ def listen(module, session: QMPSession) -> dict:
     return {"changed": True, "uri": uri, "port": int(uri.rsplit(":", 1)[1]), "status": status}
 
 
+def disk_allocated(session: QMPSession) -> dict:
+    return {node["node-name"][len("file-"):]: node["image"].get("actual-size", 0)
+            for node in session.execute("query-named-block-nodes", {"flat": True})
+            if node.get("node-name", "").startswith("file-") and "image" in node}
+
+
 def wait_completed(module, session: QMPSession) -> dict:
     deadline = time.monotonic() + module.params["timeout"]
     with session.subscribe(("RESUME", "MIGRATION")) as events:
         status = session.execute("query-status")["status"]
         if status == "running":
-            return {"changed": False, "status": status, "resume_time": None}
+            return {"changed": False, "status": status, "resume_time": None, "disk_allocated": disk_allocated(session)}
         while True:
             try:
                 event = events.wait(None, deadline, "the incoming migration to complete")
@@ -133,7 +144,8 @@ def wait_completed(module, session: QMPSession) -> dict:
                 module.fail_json(msg=f"VM {module.params['name']}: the incoming migration did not complete in time",
                                  status=session.execute("query-status")["status"])
             if event["event"] == "RESUME":
-                return {"changed": False, "status": "running", "resume_time": event_time(event)}
+                return {"changed": False, "status": "running", "resume_time": event_time(event),
+                        "disk_allocated": disk_allocated(session)}
             if event["data"].get("status") == "failed":
                 module.fail_json(msg=f"VM {module.params['name']}: the incoming migration failed",
                                  status=session.execute("query-status")["status"])
