@@ -71,3 +71,14 @@ def test_target_already_runs_the_vm(lab, running_vm):
         refused(lab, twin, "the target already runs that VM (running)")
     finally:
         lab.remove(twin)
+
+
+def test_check_mode_changes_nothing(lab, running_vm):
+    before = lab.files(running_vm)
+    result = lab.play("migrate", check=True, livemig_vm=running_vm, livemig_source="hv1", livemig_target="hv2")
+    assert not result.failed, result.output
+    assert "Check mode: would live-migrate" in result.output
+    assert result.changed == 0, result.output
+    assert lab.files(running_vm) == before
+    assert lab.pid("hv2", running_vm) is None
+    assert lab.qmp("hv1", running_vm, "query-status")["status"] == "running"

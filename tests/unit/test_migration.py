@@ -134,8 +134,8 @@ def pair(qemu, tmp_path):
         port = tgt.execute("query-migrate")["socket-address"][0]["port"]
         if disk and mirror:
             nbd_port = free_port()
-            tgt.execute("nbd-server-start", {"addr": {"type": "inet", "data": {"host": "127.0.0.1",
-                                                                                "port": str(nbd_port)}}})
+            address = {"type": "inet", "data": {"host": "127.0.0.1", "port": str(nbd_port)}}
+            tgt.execute("nbd-server-start", {"addr": address})
             tgt.execute("block-export-add", {"type": "nbd", "id": "export-root", "node-name": NODE,
                                              "name": "root", "writable": True})
             _mirror.start_mirror(src, NODE, "127.0.0.1", nbd_port, "root")
