@@ -108,6 +108,19 @@ class Lab:
             recap[match[1]] = {"ok": int(match[2]), "changed": int(match[3]), "failed": int(match[5])}
         return PlayResult(process.returncode, output, recap)
 
+    def module(self, host: str, module: str, **arguments) -> dict:
+        """Run one livemig.qemu module on a lab host, ad hoc; returns its JSON result (with "rc")."""
+        command = [os.path.join(os.path.dirname(sys.executable), "ansible"), host, "-o", "-i",
+                   os.path.join(LAB_DIR, "inventory.yml"), "-m", f"livemig.qemu.{module}", "-a", json.dumps(arguments)]
+        process = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300,
+                                 env={**self.env(), "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
+        line = next(line for line in process.stdout.splitlines() if line.startswith(f"{host} | "))
+        return {**json.loads(line.split(" => ", 1)[1]), "rc": process.returncode}
+
+    def host_dirs(self, host: str) -> dict[str, str]:
+        return {"run_dir": os.path.join(LAB_DIR, host, "run"), "image_dir": os.path.join(LAB_DIR, host, "images"),
+                "state_dir": os.path.join(LAB_DIR, host, "state")}
+
     def start(self, name: str, host: str = "hv1", prefill: bool = True) -> str | None:
         """Start a VM with the documented playbook; returns the hash of its disk outside the ring."""
         digest = None

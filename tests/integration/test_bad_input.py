@@ -1,14 +1,7 @@
 """Bad requests get a clear error and change nothing on either host."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
-
-from conftest import LAB_DIR
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +53,25 @@ def test_target_already_runs_the_vm(lab, running_vm):
     twin = lab.define_vm("badinput-twin", "idle")
     lab.start(twin, "hv1", prefill=False)
     try:
-        arguments = {"name": twin, "spec": lab.vms[twin], "run_dir": os.path.join(LAB_DIR, "hv2", "run"),
-                     "image_dir": os.path.join(LAB_DIR, "hv2", "images"), "state_dir": os.path.join(LAB_DIR, "hv2", "state"),
-                     "claim": True}
-        adhoc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible"), "hv2",
-                                "-i", os.path.join(LAB_DIR, "inventory.yml"),
-                                "-m", "livemig.qemu.qemu_vm", "-a", json.dumps(arguments)],
-                               capture_output=True, text=True, env=lab.env(), check=False)
-        assert adhoc.returncode == 0, adhoc.stdout + adhoc.stderr
+        started = lab.module("hv2", "qemu_vm", name=twin, spec=lab.vms[twin], claim=True, **lab.host_dirs("hv2"))
+        assert started["rc"] == 0 and started["changed"], started
         refused(lab, twin, "the target already runs that VM (running)")
     finally:
         lab.remove(twin)
+
+
+def test_qemu_vm_refuses_a_vm_this_host_does_not_own(lab, running_vm):
+    before = lab.files(running_vm)
+    result = lab.module("hv2", "qemu_vm", name=running_vm, spec=lab.vms[running_vm], **lab.host_dirs("hv2"))
+    assert result["rc"] != 0 and "this host does not own the VM" in result["msg"], result
+    assert lab.files(running_vm) == before and lab.pid("hv2", running_vm) is None
+
+
+def test_qemu_vm_is_idempotent_on_the_owner(lab, running_vm):
+    before = lab.files(running_vm)
+    result = lab.module("hv1", "qemu_vm", name=running_vm, spec=lab.vms[running_vm], **lab.host_dirs("hv1"))
+    assert result["rc"] == 0 and not result["changed"] and result["owner"] and result["status"] == "running", result
+    assert lab.files(running_vm) == before
 
 
 def test_check_mode_changes_nothing(lab, running_vm):
