@@ -156,7 +156,7 @@ class SourceMigration:
         self.phase = "switchover"
         self.marks["pre_switchover"] = time.time()
         deadline = time.monotonic() + self.settings.switchover_timeout
-        self.marks["disk_size"] = sum(_mirror.finish_gracefully(
+        self.marks["mirror_processed_bytes"] = sum(_mirror.finish_gracefully(
             self.session, self.settings.mirrored_nodes, deadline).values())
         self.marks["mirrors_done"] = time.time()
         self._continued = True
@@ -234,7 +234,7 @@ class SourceMigration:
             "ram_duplicate_pages": ram.get("duplicate"),
             "ram_normal_pages": ram.get("normal"),
             "passes": ram.get("dirty-sync-count"),
-            "disk_size": self.marks.get("disk_size"),
+            "mirror_processed_bytes": self.marks.get("mirror_processed_bytes"),
             "source_stop_time": self.marks.get("stop"),
             "pre_switchover_time": self.marks.get("pre_switchover"),
             "mirrors_done_time": self.marks.get("mirrors_done"),

@@ -103,7 +103,8 @@ RETURN = r"""
 statistics:
   description:
     - C(total_time_ms), C(downtime_ms), C(setup_time_ms) and C(passes) as QEMU reports them;
-    - C(ram_transferred), C(ram_total) (bytes) and C(disk_size), the virtual size of the mirrored disks;
+    - C(ram_transferred), C(ram_total) (bytes) and C(mirror_processed_bytes), the work of the disk mirror jobs
+      (each disk once, plus writes copied again; empty areas cost almost nothing);
     - C(source_stop_time), C(pre_switchover_time), C(mirrors_done_time), C(completed_time) (epoch seconds);
     - C(history), one sample per second of C(status), C(remaining), C(transferred), C(mbps), C(dirty_rate),
       C(passes), C(throttle);

@@ -211,7 +211,7 @@ def test_migration_with_disk_mirror(pair):
     assert stats["status"] == "completed"
     assert isinstance(stats["downtime_ms"], int) and stats["downtime_ms"] >= 0
     assert stats["passes"] >= 1
-    assert stats["disk_size"] > 0
+    assert stats["mirror_processed_bytes"] > 0
     assert stats["ram_total"] >= RAM_MB * MB
     assert stats["ram_normal_pages"] > 0
     assert stats["history"] and stats["history"] is migration.history
@@ -255,7 +255,7 @@ def test_migration_without_disks_does_not_pause_before_switchover(pair):
         while (event := events.get(0.1)) is not None:
             seen.append(event["data"]["status"])
     assert stats["status"] == "completed"
-    assert stats["disk_size"] is None
+    assert stats["mirror_processed_bytes"] is None
     assert "pre-switchover" not in seen and seen[-1] == "completed"
     capabilities = {c["capability"]: c["state"] for c in vms.src.execute("query-migrate-capabilities")}
     assert capabilities["pause-before-switchover"] is False
