@@ -60,6 +60,13 @@ def test_target_already_runs_the_vm(lab, running_vm):
         lab.remove(twin)
 
 
+def test_start_refuses_a_vm_another_host_owns(lab, running_vm):
+    before = lab.files(running_vm)
+    result = lab.play("start", livemig_vm=running_vm, livemig_host="hv2")
+    assert result.failed and f"{running_vm} belongs to or runs on hv1: migrate it instead" in result.output, result.output
+    assert result.changed == 0 and lab.files(running_vm) == before and lab.pid("hv2", running_vm) is None
+
+
 def test_qemu_vm_refuses_a_vm_this_host_does_not_own(lab, running_vm):
     before = lab.files(running_vm)
     result = lab.module("hv2", "qemu_vm", name=running_vm, spec=lab.vms[running_vm], **lab.host_dirs("hv2"))
