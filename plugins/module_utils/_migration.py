@@ -21,6 +21,30 @@ ACTIVE = ("setup", "active", "cancelling", "pre-switchover", "device", "wait-unp
 EVENTS = ("MIGRATION", "MIGRATION_PASS", "STOP", "RESUME", "BLOCK_JOB_ERROR", *_mirror.JOB_END_EVENTS)
 
 
+PAUSED = ("paused", "finish-migrate", "postmigrate")
+
+
+def cancel_migration(session: QMPSession, timeout: float = 30.0) -> bool:
+    """Cancel a migration in progress and wait until QEMU has stopped it; True if there was one."""
+    if session.execute("query-migrate").get("status") not in ACTIVE:
+        return False
+    session.execute("migrate_cancel")
+    deadline = time.monotonic() + timeout
+    while session.execute("query-migrate").get("status") in ACTIVE:
+        if time.monotonic() > deadline:
+            raise QMPError("the migration did not stop after migrate_cancel", "migrate_cancel")
+        time.sleep(0.05)
+    return True
+
+
+def resume_if_paused(session: QMPSession) -> bool:
+    """Resume a source the migration left paused. Only when the target provably never ran."""
+    if session.execute("query-status")["status"] not in PAUSED:
+        return False
+    session.execute("cont")
+    return True
+
+
 class MigrationFailed(Exception):
     """The migration did not complete. `phase` says where; `source_running` whether the VM still runs here."""
 
@@ -170,32 +194,22 @@ class SourceMigration:
             # The device state may have reached the target: never resume here, report what QEMU did.
             return MigrationFailed(phase, cause, self._source_running_after_failure(), self._statistics_safely())
         notes = []
-        for step in (self._cancel_migration, self._abort_mirrors, self._resume_source):
+        steps = (("cancel migration", lambda: cancel_migration(self.session)),
+                 ("abort mirrors", self._abort_mirrors),
+                 ("resume source", lambda: resume_if_paused(self.session)))
+        for what, step in steps:
             try:
                 step()
             except QMPError as exc:
-                notes.append(f"{step.__name__.strip('_').replace('_', ' ')}: {exc}")
+                notes.append(f"{what}: {exc}")
         running = self._source_running()
         if notes:
             cause = f"{cause}; rollback problems: {'; '.join(notes)}"
         return MigrationFailed(phase, cause, running, self._statistics_safely())
 
-    def _cancel_migration(self) -> None:
-        if self.session.execute("query-migrate").get("status") in ACTIVE:
-            self.session.execute("migrate_cancel")
-            deadline = time.monotonic() + 30
-            while self.session.execute("query-migrate").get("status") in ACTIVE:
-                if time.monotonic() > deadline:
-                    raise QMPError("the migration did not stop after migrate_cancel", "migrate_cancel")
-                time.sleep(0.05)
-
     def _abort_mirrors(self) -> None:
         for node in self.settings.mirrored_nodes:
             _mirror.abort(self.session, node)
-
-    def _resume_source(self) -> None:
-        if self.session.execute("query-status")["status"] in ("paused", "finish-migrate", "postmigrate"):
-            self.session.execute("cont")
 
     def _source_running_after_failure(self, timeout: float = 10.0) -> bool:
         """QEMU restarts a source whose migration failed; wait for it to settle, bounded."""

@@ -64,6 +64,7 @@ class Subscription:
         self._session = session
         self._listener = EventListener(names=list(names))
         session.client.register_listener(self._listener)
+        self._registered = True
 
     def get(self, timeout: float) -> Event | None:
         """The next event, or None when none arrives within timeout seconds."""
@@ -84,8 +85,9 @@ class Subscription:
                 return event
 
     def close(self) -> None:
-        if self._listener in self._session.client._listeners:  # pylint: disable=protected-access
+        if self._registered:
             self._session.client.remove_listener(self._listener)
+            self._registered = False
 
     def __enter__(self) -> Subscription:
         return self

@@ -123,7 +123,7 @@ source_running:
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _mirror
 from ansible_collections.livemig.qemu.plugins.module_utils._migration import (
-    ACTIVE, MigrationFailed, MigrationSettings, SourceMigration)
+    ACTIVE, PAUSED, MigrationFailed, MigrationSettings, SourceMigration, cancel_migration, resume_if_paused)
 from ansible_collections.livemig.qemu.plugins.module_utils._module import new_module, qmp, vm_argument_spec, vm_paths
 from ansible_collections.livemig.qemu.plugins.module_utils._state import HostRecord, load_record, save_record
 
@@ -158,17 +158,15 @@ def cancel(module, session) -> None:
     nodes = [f"disk-{disk}" for disk in params["disks"]]
     mirrors = [node for node in nodes if _mirror.find_job(session, _mirror.job_id(node))
                or _mirror.node_exists(session, _mirror.nbd_node(node))]
-    paused = session.execute("query-status")["status"] in ("paused", "finish-migrate", "postmigrate")
-    resume = paused and not params["target_ran"]
+    resume = session.execute("query-status")["status"] in PAUSED and not params["target_ran"]
     if not (migrating or mirrors or resume):
         module.exit_json(changed=False)
     if not module.check_mode:
-        if migrating:
-            session.execute("migrate_cancel")
+        cancel_migration(session)
         for node in mirrors:
             _mirror.abort(session, node)
         if resume:
-            session.execute("cont")
+            resume_if_paused(session)
     module.exit_json(changed=True, resumed=resume)
 
 

@@ -40,6 +40,10 @@ def collections_path() -> str:
     return path
 
 
+sys.path.insert(0, collections_path())
+from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPSession  # noqa: E402  pylint: disable=wrong-import-position
+
+
 def lab_path(host: str, kind: str, name: str) -> str:
     return os.path.join(LAB_DIR, host, kind, name)
 
@@ -200,8 +204,6 @@ class Lab:
             os.unlink(path)
 
 
-sys.path.insert(0, collections_path())
-from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPSession  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def build_guest() -> dict[str, str]:

@@ -267,13 +267,15 @@ def test_migration_without_disks_does_not_pause_before_switchover(pair):
     assert wait_status(vms.tgt, "running") == "running"
 
 
-def test_target_killed_during_pre_copy(pair):
-    vms = pair(source_monitor=True)
-    watcher = when_active(vms.monitor, lambda _: vms.target.kill())
+def fail_during_pre_copy(vms, fault) -> MigrationFailed:
+    """Migrate with a mirrored disk, inject `fault` once pre-copy is active, return the failure.
+
+    32 MiB of random guest RAM at 4 MiB/s: pre-copy lasts about 8 s unless the fault ends it.
+    """
+    watcher = when_active(vms.monitor, fault)
     started = time.monotonic()
     try:
         with pytest.raises(MigrationFailed) as caught:
-            # 32 MiB of random guest RAM at 4 MiB/s: pre-copy lasts about 8 s unless the target dies.
             SourceMigration(vms.src, MigrationSettings(uri=vms.uri, mirrored_nodes=[NODE], max_bandwidth=4 * MB,
                                                        sample_interval=0.2)).run()
     finally:
@@ -281,7 +283,12 @@ def test_target_killed_during_pre_copy(pair):
     assert not watcher.problems, watcher.problems
     assert watcher.done.is_set()
     assert time.monotonic() - started < 6
-    failure = caught.value
+    return caught.value
+
+
+def test_target_killed_during_pre_copy(pair):
+    vms = pair(source_monitor=True)
+    failure = fail_during_pre_copy(vms, lambda _: vms.target.kill())
     assert failure.phase == "pre-copy"
     assert failure.source_running is True
     assert "rollback problems" not in failure.cause
@@ -302,18 +309,7 @@ def test_mirror_failure_during_pre_copy(pair):
         source_monitor.execute("human-monitor-command", {
             "command-line": 'qemu-io -d /machine/peripheral/vd-root/virtio-backend "write -P 0x77 16M 1M"'})
 
-    watcher = when_active(vms.monitor, break_the_mirror)
-    started = time.monotonic()
-    try:
-        with pytest.raises(MigrationFailed) as caught:
-            SourceMigration(vms.src, MigrationSettings(uri=vms.uri, mirrored_nodes=[NODE], max_bandwidth=4 * MB,
-                                                       sample_interval=0.2)).run()
-    finally:
-        watcher.thread.join(30)
-    assert not watcher.problems, watcher.problems
-    assert watcher.done.is_set()
-    assert time.monotonic() - started < 6
-    failure = caught.value
+    failure = fail_during_pre_copy(vms, break_the_mirror)
     assert failure.phase == "pre-copy"
     assert f"disk mirror {_mirror.job_id(NODE)} stopped" in failure.cause
     assert failure.source_running is True
