@@ -105,6 +105,7 @@ class SourceMigration:
                 self._follow(events)
             except (QMPError, MigrationFailed) as exc:
                 raise self._rollback(exc) from exc
+        self._settled_status()  # the run state follows the completed event: leave with it at postmigrate
         return self._statistics()
 
     def _configure(self) -> None:
@@ -192,7 +193,9 @@ class SourceMigration:
         cause = getattr(failure, "cause", str(failure))
         if self._continued:
             # The device state may have reached the target: never resume here, report what QEMU did.
-            return MigrationFailed(phase, cause, self._source_running_after_failure(), self._statistics_safely())
+            # QEMU restarts a source whose migration failed late.
+            running = self._settled_status() == "running"
+            return MigrationFailed(phase, cause, running, self._statistics_safely())
         notes = []
         steps = (("cancel migration", lambda: cancel_migration(self.session)),
                  ("abort mirrors", self._abort_mirrors),
@@ -211,17 +214,17 @@ class SourceMigration:
         for node in self.settings.mirrored_nodes:
             _mirror.abort(self.session, node)
 
-    def _source_running_after_failure(self, timeout: float = 10.0) -> bool:
-        """QEMU restarts a source whose migration failed; wait for it to settle, bounded."""
+    def _settled_status(self, timeout: float = 10.0) -> str | None:
+        """The source's run state once it has left finish-migrate (bounded wait); None if QEMU is gone."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             try:
-                if self.session.execute("query-status")["status"] != "finish-migrate":
-                    break
+                status = self.session.execute("query-status")["status"]
             except QMPError:
-                return False
-            time.sleep(0.05)
-        return self._source_running()
+                return None
+            if status != "finish-migrate" or time.monotonic() > deadline:
+                return status
+            time.sleep(0.02)
 
     def _source_running(self) -> bool:
         try:
