@@ -204,8 +204,6 @@ class Lab:
             os.unlink(path)
 
 
-
-
 def build_guest() -> dict[str, str]:
     subprocess.run([os.path.join(REPO, "tests", "guest", "build.sh")], check=True, capture_output=True)
     out = os.path.join(REPO, "tests", "guest", "out")
