@@ -238,6 +238,7 @@ EOF
           livemig_image_dir: "$LAB_DIR/$h/images"
           livemig_run_dir: "$LAB_DIR/$h/run"
           livemig_state_dir: "$LAB_DIR/$h/state"
+          livemig_shared_dir: "$LAB_DIR/shared"
           livemig_migration_address: $(mig_ip "$h")
 EOF
         done

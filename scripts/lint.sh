@@ -2,7 +2,7 @@
 # Static checks of the livemig.qemu collection, in this order:
 #   1. ansible-lint (offline, production profile; settings in .ansible-lint)
 #   2. antsibull-changelog lint (changelog fragments and changelogs/changelog.yaml)
-#   3. ansible-doc renders every module in plugins/modules and every role with meta/argument_specs.yml
+#   3. ansible-doc renders every module, every filter and every role with meta/argument_specs.yml
 #   4. scripts/sanity.sh (ansible-test sanity)
 # Every step runs; the script exits non-zero when any of them failed.
 #
@@ -47,10 +47,11 @@ ansible_doc_all() {
     local rc=0 path name kind out err
     out=$WORK/doc.out
     err=$WORK/doc.err
-    for path in plugins/modules/*.py roles/*/meta/argument_specs.yml; do
+    for path in plugins/modules/*.py plugins/filter/*.yml roles/*/meta/argument_specs.yml; do
         [[ -e $path ]] || continue
         case $path in
             plugins/modules/*) name=$(basename "$path" .py); kind=module ;;
+            plugins/filter/*) name=$(basename "$path" .yml); kind=filter ;;
             *) name=${path#roles/}; name=${name%%/*}; kind=role ;;
         esac
         [[ $name == __init__ ]] && continue

@@ -32,6 +32,71 @@ if [ "${#missing[@]}" -gt 0 ] || [ "${qemu_major:-0}" -lt 10 ]; then
 fi
 qemu-system-x86_64 --version | sed -n 1p
 
+# The older peer for cross-version tests: bookworm's own QEMU 7.2 (not backports), unpacked beside QEMU 10 into
+# /opt/livemig/qemu-7.2/root with its own ROMs, firmware (bookworm's seabios/ipxe) and modules (TCG is one), and
+# started through bin/qemu-system-x86_64, a wrapper that execs it so /proc/PID/cmdline keeps every argument.
+install_qemu72() {
+    local dir=/opt/livemig/qemu-7.2
+    local root=$dir/root wrapper=$dir/bin/qemu-system-x86_64
+    local binary=$dir/root/usr/bin/qemu-system-x86_64 tcg=$dir/root/usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so
+    local pins=(qemu-system-x86/bookworm qemu-system-common/bookworm qemu-system-data/bookworm seabios/bookworm
+                ipxe-qemu/bookworm)
+    if [ ! -x "$binary" ] || [ ! -s "$dir/debs.txt" ]; then
+        local debs deb
+        debs=$(mktemp -d)
+        chown _apt "$debs" 2>/dev/null || true
+        if ! (cd "$debs" && apt-get download -q "${pins[@]}" >/dev/null 2>&1); then
+            apt-get update -q >/dev/null
+            (cd "$debs" && apt-get download -q "${pins[@]}" >/dev/null)
+        fi
+        mkdir -p "$dir"
+        rm -rf "$root.new"
+        for deb in "$debs"/*.deb; do
+            dpkg -x "$deb" "$root.new"
+        done
+        rm -rf "$root"
+        mv "$root.new" "$root"
+        dpkg-deb -f "$debs"/qemu-system-x86_*.deb Depends > "$dir/depends.txt"
+        (cd "$debs" && ls ./*.deb) > "$dir/debs.txt"
+        rm -rf "$debs"
+    fi
+    if ldd "$binary" "$tcg" | grep -q 'not found'; then
+        # The binary's own shared-library dependencies, minus the QEMU packages it replaces; bookworm versions,
+        # as backports has priority 100.
+        local libs=() package
+        for package in $(tr ',' '\n' < "$dir/depends.txt" | sed 's/[(|].*//; s/ //g'); do
+            case $package in qemu-*|seabios|ipxe-qemu) continue ;; esac
+            dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || libs+=("$package")
+        done
+        [ "${#libs[@]}" -eq 0 ] || { apt-get update -q >/dev/null; apt-get install -y -q "${libs[@]}" >/dev/null; }
+        if ldd "$binary" "$tcg" | grep 'not found' >&2; then
+            echo "setup.sh: QEMU 7.2 in $root still lacks the shared libraries above" >&2
+            return 1
+        fi
+    fi
+    local script
+    script=$(cat <<WRAPPER
+#!/bin/sh
+# QEMU 7.2 from Debian bookworm, unpacked by scripts/setup.sh: 7.2's ROMs, firmware and modules, not the system's.
+QEMU_MODULE_DIR=$root/usr/lib/x86_64-linux-gnu/qemu
+export QEMU_MODULE_DIR
+exec $binary -L $root/usr/share/qemu -L $root/usr/share/seabios -L $root/usr/lib/ipxe/qemu "\$@"
+WRAPPER
+)
+    if [ "$(cat "$wrapper" 2>/dev/null)" != "$script" ]; then
+        mkdir -p "$dir/bin"
+        printf '%s\n' "$script" > "$wrapper.new"
+        chmod 755 "$wrapper.new"
+        mv "$wrapper.new" "$wrapper"
+    fi
+    if ! "$wrapper" --version | grep -q '^QEMU emulator version 7\.2\.'; then
+        echo "setup.sh: $wrapper is not QEMU 7.2" >&2
+        return 1
+    fi
+    "$wrapper" --version | sed -n 1p
+}
+install_qemu72
+
 python=${PYTHON:-python3}
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"

@@ -28,6 +28,12 @@ options:
       - This host's directory for its record of the VM (ownership, pinned machine type and accelerator).
       - Defaults to O(image_dir).
     type: path
+  shared_dir:
+    description:
+      - This host's path to the storage it shares with other hosts. Disks with C(shared=true) live there, as
+        C(<shared_dir>/<name>-D.<format>); the path may differ from host to host.
+      - Defaults to O(image_dir).
+    type: path
   connect_timeout:
     description:
       - Seconds to wait for the QMP monitor to accept the connection.

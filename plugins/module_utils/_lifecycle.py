@@ -107,7 +107,7 @@ class VMLifecycle:
             self.fail("state=incoming is only for a migration target: set migration_target=true")
         self.check_memory(spec)
         self.changed()
-        created = self.fresh_local_disks(spec)
+        created = self.copied_local_disks(spec) if self.params["keep_disks"] else self.fresh_local_disks(spec)
         self.record = HostRecord(vm=self.paths.vm)
         self.launch(spec, self.params["machine"], self.params["accel"], incoming=True, created=created)
         self.record.volatile["incoming"] = True
@@ -209,6 +209,13 @@ class VMLifecycle:
             _vmhost.create_image(path, disk, int(self.params["disk_sizes"].get(disk.name) or 0))
             created.append(path)
         return created
+
+    def copied_local_disks(self, spec: VMSpec) -> list[str]:
+        """The stateful path copies the disks before the target starts: use them as they are."""
+        missing = [disk.name for disk in spec.disks if not os.path.exists(self.paths.disk(disk))]
+        if missing:
+            raise _vmhost.VMHostError(f"keep_disks=true but these disks are missing on this host: {', '.join(missing)}")
+        return []
 
     def launch(self, spec: VMSpec, machine: str, accel: str, incoming: bool, created: list[str]) -> None:
         argv = build_argv(spec, self.paths, _probe.find_binary(self.params["qemu_binary"]), machine, accel, incoming)

@@ -21,6 +21,7 @@ VM_OPTIONS: dict[str, Any] = {
     "run_dir": {"type": "path", "required": True},
     "image_dir": {"type": "path"},
     "state_dir": {"type": "path"},
+    "shared_dir": {"type": "path"},
     "connect_timeout": {"type": "float", "default": 10.0},
 }
 
@@ -43,7 +44,7 @@ def vm_paths(module: AnsibleModule) -> VMPaths:
     except SpecError as exc:
         module.fail_json(msg=str(exc))
     image_dir = params.get("image_dir") or params["run_dir"]
-    return VMPaths(name, image_dir, params["run_dir"], params.get("state_dir") or image_dir)
+    return VMPaths(name, image_dir, params["run_dir"], params.get("state_dir") or image_dir, params.get("shared_dir"))
 
 
 @contextlib.contextmanager

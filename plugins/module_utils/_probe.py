@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
+from ansible_collections.livemig.qemu.plugins.module_utils._statefile import state_transports
 
 # A 512-byte boot sector that writes 1 to the isa-debug-exit port: QEMU exits with status 3.
 _BOOT_SECTOR = bytes([0xBA, 0xF4, 0x00, 0xB0, 0x01, 0xEE, 0xF4]).ljust(510, b"\0") + b"\x55\xaa"
@@ -126,6 +127,7 @@ def host_facts(binary: str, check_kvm: bool = True) -> dict[str, Any]:
         cpus = session.execute("query-cpu-definitions")
         capabilities = session.execute("query-migrate-capabilities")
         parameters = session.execute("query-migrate-parameters")
+        transports = state_transports(session)
     qemu = version["qemu"]
     return {
         "binary": find_binary(binary),
@@ -139,6 +141,7 @@ def host_facts(binary: str, check_kvm: bool = True) -> dict[str, Any]:
                               for c in cpus), key=lambda c: c["name"]),
         "migration_capabilities": sorted(item["capability"] for item in capabilities),
         "migration_parameters": parameters,
+        "state_transports": transports,
         "accelerators": {"kvm": {"usable": kvm_ok, "reason": kvm_reason}, "tcg": {"usable": True}},
         "auto_accel": accel,
     }

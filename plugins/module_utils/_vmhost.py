@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from ansible_collections.livemig.qemu.plugins.module_utils._state import process_alive
@@ -102,9 +103,9 @@ def start_qemu(argv: list[str], paths: VMPaths, timeout: float = 120.0) -> int:
     return pid
 
 
-def wait_exit(pid: int, timeout: float) -> bool:
+def wait_exit(pid: int, timeout: float, alive: Callable[[int], bool] = process_alive) -> bool:
     deadline = time.monotonic() + timeout
-    while process_alive(pid):
+    while alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)

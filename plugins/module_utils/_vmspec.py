@@ -139,9 +139,11 @@ class VMPaths:
     image_dir: str
     run_dir: str
     state_dir: str
+    shared_dir: str | None = None
 
     def disk(self, disk: Disk) -> str:
-        return os.path.join(self.image_dir, f"{self.vm}-{disk.name}.{disk.format}")
+        directory = self.shared_dir if disk.shared and self.shared_dir else self.image_dir
+        return os.path.join(directory, f"{self.vm}-{disk.name}.{disk.format}")
 
     @property
     def qmp(self) -> str:

@@ -75,21 +75,15 @@ exports:
 """
 
 import secrets
-import socket
 
 from ansible_collections.livemig.qemu.plugins.module_utils._module import new_module, qmp, vm_argument_spec, vm_paths
+from ansible_collections.livemig.qemu.plugins.module_utils._nbdcopy import free_port
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from ansible_collections.livemig.qemu.plugins.module_utils._state import HostRecord, load_record, save_record
 from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import DISK_NAME
 
 EXPORT_PREFIX = "livemig-export-"
 PORT_ATTEMPTS = 5
-
-
-def free_port(address: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
-        probe.bind((address, 0))
-        return probe.getsockname()[1]
 
 
 def our_exports(session: QMPSession) -> dict[str, dict]:

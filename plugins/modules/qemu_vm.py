@@ -73,7 +73,10 @@ options:
     type: dict
     default: {}
   keep_disks:
-    description: With O(state=absent), leave the local disk images in place.
+    description:
+      - With O(state=absent), leave the local disk images in place.
+      - With O(state=incoming), start with the local disk images already on this host (copied there, as the stateful
+        path does) instead of fresh empty ones.
     type: bool
     default: false
   powerdown_timeout:

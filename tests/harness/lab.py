@@ -68,18 +68,34 @@ class Lab:
         self.guest = guest
         self.workdir = workdir
         self.vms: dict[str, dict] = {}
+        self.host_vars: dict[str, dict] = {}
 
-    def define_vm(self, name: str, workload: str = "light", disk_mb: int = 1024, memory_mb: int | None = None) -> str:
+    def define_vm(self, name: str, workload: str = "light", disk_mb: int = 1024, memory_mb: int | None = None,
+                  machine: str = "q35", shared: bool = False) -> str:
         load = WORKLOADS[workload]
         self.vms[name] = {
-            "memory_mb": memory_mb or load["memory_mb"], "vcpus": 1, "machine": "q35", "cpu_model": "qemu64",
+            "memory_mb": memory_mb or load["memory_mb"], "vcpus": 1, "machine": machine, "cpu_model": "qemu64",
             "accel": "auto", "kernel": self.guest["kernel"], "initrd": self.guest["initrd"],
             "append": f"console=ttyS0 quiet loglevel=0 {load['append']} lm.ring_blocks={RING_BLOCKS}",
-            "disks": [{"name": "root", "size_mb": disk_mb, "format": "qcow2", "shared": False}],
+            "disks": [{"name": "root", "size_mb": disk_mb, "format": "qcow2", "shared": shared}],
         }
-        with open(self.vms_inventory, "w", encoding="utf-8") as handle:
-            yaml.safe_dump({"all": {"vars": {"livemig_vms": self.vms}}}, handle)
+        self.write_inventory()
         return name
+
+    def set_host_vars(self, host: str, **host_vars) -> None:
+        """Override inventory variables of one lab host (e.g. an older QEMU binary); no arguments resets them."""
+        if host_vars:
+            self.host_vars[host] = host_vars
+        else:
+            self.host_vars.pop(host, None)
+        self.write_inventory()
+
+    def write_inventory(self) -> None:
+        content = {"all": {"vars": {"livemig_vms": self.vms}}}
+        if self.host_vars:
+            content["all"]["hosts"] = self.host_vars
+        with open(self.vms_inventory, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(content, handle)
 
     @property
     def vms_inventory(self) -> str:
@@ -125,11 +141,16 @@ class Lab:
         return {"run_dir": os.path.join(LAB_DIR, host, "run"), "image_dir": os.path.join(LAB_DIR, host, "images"),
                 "state_dir": os.path.join(LAB_DIR, host, "state")}
 
+    def disk_path(self, name: str, host: str) -> str:
+        if self.vms[name]["disks"][0]["shared"]:
+            return os.path.join(LAB_DIR, "shared", f"{name}-root.qcow2")
+        return lab_path(host, "images", f"{name}-root.qcow2")
+
     def start(self, name: str, host: str = "hv1", prefill: bool = True) -> str | None:
         """Start a VM with the documented playbook; returns the hash of its disk outside the ring."""
         digest = None
         if prefill:
-            image = lab_path(host, "images", f"{name}-root.qcow2")
+            image = self.disk_path(name, host)
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", image,
                             f"{self.vms[name]['disks'][0]['size_mb']}M"], check=True)
             guestcheck.prefill(image, RING_BLOCKS, seed=name)
@@ -184,13 +205,12 @@ class Lab:
     def files(self, name: str) -> dict[str, float]:
         """Every lab file of a VM, with its modification time: a change shows up here."""
         found = {}
-        for host in HOSTS:
-            for kind in ("images", "run", "state"):
-                directory = os.path.join(LAB_DIR, host, kind)
-                for entry in os.listdir(directory) if os.path.isdir(directory) else []:
-                    if entry.startswith(f"{name}-") or entry.startswith(f"{name}."):
-                        path = os.path.join(directory, entry)
-                        found[path] = os.stat(path).st_mtime
+        directories = [os.path.join(LAB_DIR, host, kind) for host in HOSTS for kind in ("images", "run", "state")]
+        for directory in directories + [os.path.join(LAB_DIR, "shared")]:
+            for entry in os.listdir(directory) if os.path.isdir(directory) else []:
+                if entry.startswith((f"{name}-", f"{name}.", f".{name}-")):
+                    path = os.path.join(directory, entry)
+                    found[path] = os.stat(path).st_mtime
         return found
 
     def remove(self, name: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 
 import pytest
 
@@ -32,3 +33,57 @@ def vm(lab, request):
     yield make
     for name in names:
         lab.remove(name)
+
+
+def settle(tap, host: str) -> None:
+    """Wait until the guest on `host` runs its workload and has verified memory once."""
+    tap.wait_for(r"^LMREADY", label=host, timeout=60)
+    tap.wait_for(r"^PC \d+ OK", label=host, timeout=60)
+
+
+def migrate_and_check(lab, tap, name: str, source: str, target: str, method: str = "live-mirror", **extra) -> dict:
+    """Migrate through the documented playbook; the guest must go on where it was, without losing an update."""
+    before = time.monotonic()
+    result = lab.migrate(name, source, target, **extra)
+    assert not result.failed, result.output
+    after = time.monotonic()
+    # The guest keeps running on the target and verifies its memory there.
+    tap.wait_for(r"^HB \d+", label=target, timeout=30, since=after)
+    tap.wait_for(r"^PC \d+ OK", label=target, timeout=60, since=after)
+    summary = guestcheck.analyze(tap.snapshot())
+    assert summary["pagecheck_failures"] == []
+    assert summary["hb_seq_errors"] == 0
+    assert lab.pid(source, name) is None, "the source QEMU must be gone"
+    assert lab.qmp(target, name, "query-status")["status"] == "running"
+    assert lab.record(target, name)["owner"] is True
+    assert lab.record(source, name) is None, "the source keeps no record of a VM it no longer owns"
+    report = lab.report(name)
+    assert report["method"] == method, report["plan"]
+    if method.startswith("live"):
+        assert report["statistics"]["status"] == "completed"
+    assert report["target"] == target
+    report["guest_visible_downtime_s"] = summary["max_gap_s"]
+    report["window"] = (before, after)
+    return report
+
+
+def finish_and_check_disk(lab, name: str, host: str, digest: str, last_ring: int) -> None:
+    lab.stop(name)
+    image = lab.disk_path(name, host)
+    ring = guestcheck.check_ring(image, RING_BLOCKS, min_seq=last_ring)
+    assert ring["ok"], ring["problems"]
+    assert guestcheck.hash_outside_ring(image, RING_BLOCKS) == digest, "the disk outside the ring changed"
+
+
+@pytest.fixture
+def host_vars(lab):
+    """Override a lab host's inventory variables for one test."""
+    touched = set()
+
+    def override(host: str, **variables) -> None:
+        touched.add(host)
+        lab.set_host_vars(host, **variables)
+
+    yield override
+    for host in touched:
+        lab.set_host_vars(host)

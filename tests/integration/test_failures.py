@@ -90,3 +90,33 @@ def test_link_cut_during_ram_precopy(lab, vm):
     finally:
         link("hv2", "up")
         tap.stop()
+
+
+def test_stateful_copy_fails_after_the_save(lab, vm):
+    """The VM is stopped and its state saved when the disk copy breaks: the source resumes it, nothing is lost."""
+    name = vm("light")
+    lab.start(name, "hv1", prefill=False)
+    tap = lab.tap(name)
+    try:
+        tap.wait_for(r"^PC \d+ OK", label="hv1", timeout=60)
+
+        def kill_disk_receiver_once_saved():
+            wait_until(lambda: lab.qmp("hv1", name, "query-status")["status"] == "postmigrate", 120, "the state save")
+            os.kill(lab.record("hv2", name)["volatile"]["copy:root"]["pid"], signal.SIGKILL)
+
+        killer = run_in_background(kill_disk_receiver_once_saved)
+        result = lab.migrate(name, "hv1", "hv2", livemig_method="stateful")
+        killer.join(5)
+        assert result.failed, result.output
+        assert "Stateful migration of" in result.output and "failed in the copy phase" in result.output, result.output
+        assert lab.qmp("hv1", name, "query-status")["status"] == "running", "the source must run again"
+        assert lab.record("hv1", name)["owner"] is True
+        assert lab.pid("hv2", name) is None and lab.record("hv2", name) is None
+        leftovers = [path for path in lab.files(name) if "/hv2/" in path or path.endswith(".state")]
+        assert leftovers == [], leftovers
+        after = time.monotonic()
+        tap.wait_for(r"^PC \d+ OK", label="hv1", timeout=60, since=after)
+        summary = guestcheck.analyze(tap.snapshot())
+        assert summary["pagecheck_failures"] == [] and summary["hb_seq_errors"] == 0
+    finally:
+        tap.stop()

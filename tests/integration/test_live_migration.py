@@ -5,44 +5,7 @@ import os
 import signal
 import time
 
-from conftest import RING_BLOCKS, guestcheck, lab_path, wait_until
-
-
-def settle(tap, host: str) -> None:
-    """Wait until the guest on `host` runs its workload and has verified memory once."""
-    tap.wait_for(r"^LMREADY", label=host, timeout=60)
-    tap.wait_for(r"^PC \d+ OK", label=host, timeout=60)
-
-
-def migrate_and_check(lab, tap, name: str, source: str, target: str) -> dict:
-    before = time.monotonic()
-    result = lab.migrate(name, source, target)
-    assert not result.failed, result.output
-    after = time.monotonic()
-    # The guest keeps running on the target and verifies its memory there.
-    tap.wait_for(r"^HB \d+", label=target, timeout=30, since=after)
-    tap.wait_for(r"^PC \d+ OK", label=target, timeout=60, since=after)
-    summary = guestcheck.analyze(tap.snapshot())
-    assert summary["pagecheck_failures"] == []
-    assert summary["hb_seq_errors"] == 0
-    assert lab.pid(source, name) is None, "the source QEMU must be gone"
-    assert lab.qmp(target, name, "query-status")["status"] == "running"
-    assert lab.record(target, name)["owner"] is True
-    assert lab.record(source, name) is None, "the source keeps no record of a VM it no longer owns"
-    report = lab.report(name)
-    assert report["statistics"]["status"] == "completed"
-    assert report["target"] == target
-    report["guest_visible_downtime_s"] = summary["max_gap_s"]
-    report["window"] = (before, after)
-    return report
-
-
-def finish_and_check_disk(lab, name: str, host: str, digest: str, last_ring: int) -> None:
-    lab.stop(name)
-    image = lab_path(host, "images", f"{name}-root.qcow2")
-    ring = guestcheck.check_ring(image, RING_BLOCKS, min_seq=last_ring)
-    assert ring["ok"], ring["problems"]
-    assert guestcheck.hash_outside_ring(image, RING_BLOCKS) == digest, "the disk outside the ring changed"
+from conftest import finish_and_check_disk, guestcheck, migrate_and_check, settle, wait_until
 
 
 def test_light_there_and_back_and_idempotent(lab, vm):

@@ -21,9 +21,9 @@ QEMU = shutil.which("qemu-system-x86_64")
 class Qemu:
     """A QEMU process started by a test, ended by pid when the test is done."""
 
-    def __init__(self, directory: str, name: str, *extra: str):
+    def __init__(self, directory: str, name: str, *extra: str, binary: str | None = None):
         self.qmp = os.path.join(directory, f"{name}.qmp")
-        argv = [QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-accel", "tcg",
+        argv = [binary or QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-accel", "tcg",
                 "-chardev", f"socket,id=qmp,path={self.qmp},server=on,wait=off", "-mon", "chardev=qmp,mode=control",
                 *extra]
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -46,11 +46,22 @@ def qemu(tmp_path):
         pytest.fail("qemu-system-x86_64 is required for the unit tests")
     started = []
 
-    def start(name: str, *extra: str) -> Qemu:
-        process = Qemu(str(tmp_path), name, *extra)
+    def start(name: str, *extra: str, binary: str | None = None) -> Qemu:
+        process = Qemu(str(tmp_path), name, *extra, binary=binary)
         started.append(process)
         return process
 
     yield start
     for process in started:
         process.kill()
+
+
+QEMU_72 = "/opt/livemig/qemu-7.2/bin/qemu-system-x86_64"
+
+
+@pytest.fixture
+def qemu_72():
+    """The older peer that scripts/setup.sh unpacks; its absence is a failure, not a skip."""
+    if not os.access(QEMU_72, os.X_OK):
+        pytest.fail(f"QEMU 7.2 is missing at {QEMU_72}: run scripts/setup.sh")
+    return QEMU_72

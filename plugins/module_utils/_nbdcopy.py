@@ -1,0 +1,185 @@
+# Copyright: livemig.qemu contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Sparse copy of a file between hosts over NBD: a one-shot qemu-nbd receives, qemu-img convert sends.
+
+Private to the livemig.qemu collection. Never touches AnsibleModule; failures raise NBDCopyError
+with a message that says what to check.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+
+from ansible_collections.livemig.qemu.plugins.module_utils._state import process_alive
+from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import kill_qemu, remove_file, wait_exit
+
+LABEL = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
+FORMATS = ("qcow2", "raw")
+SECTOR = 512
+PORT_ATTEMPTS = 5
+TOOL_TIMEOUT = 60.0
+
+
+class NBDCopyError(RuntimeError):
+    """A step of the copy failed; the message names the step, the cause and what to check."""
+
+
+def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
+                              timeout=timeout)
+    except FileNotFoundError:
+        raise NBDCopyError(f"{argv[0]} is not installed on this host (package qemu-utils)") from None
+    except subprocess.TimeoutExpired:
+        raise NBDCopyError(f"{' '.join(argv[:2])} did not finish within {timeout:.0f}s") from None
+
+
+def stderr_tail(result: subprocess.CompletedProcess, lines: int = 10) -> str:
+    return "\n".join(result.stderr.strip().splitlines()[-lines:]) or f"exit status {result.returncode}"
+
+
+def free_port(address: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        probe.bind((address, 0))
+        return probe.getsockname()[1]
+
+
+def nbd_uri(host: str, port: int, export: str) -> str:
+    return f"nbd://{f'[{host}]' if ':' in host else host}:{port}/{export}"
+
+
+def round_up(size: int) -> int:
+    """QEMU sees every image in whole 512-byte sectors."""
+    return -(-size // SECTOR) * SECTOR
+
+
+# -- images --------------------------------------------------------------------------------------
+
+def extents(path: str, fmt: str, force_share: bool = False, timeout: float = TOOL_TIMEOUT) -> list[dict]:
+    result = _run(["qemu-img", "map", "--output=json", "-f", fmt, *(["-U"] if force_share else []), path], timeout)
+    if result.returncode != 0:
+        raise NBDCopyError(f"cannot map {fmt} image {path}: {stderr_tail(result)}")
+    return json.loads(result.stdout)
+
+
+def allocation(path: str, fmt: str, force_share: bool = False, timeout: float = TOOL_TIMEOUT) -> tuple[int, int]:
+    """(bytes of data in the image, all layers: what a sparse copy sends at most; virtual size)."""
+    found = extents(path, fmt, force_share, timeout)
+    return (sum(item["length"] for item in found if item["data"] and not item["zero"]),
+            sum(item["length"] for item in found))
+
+
+def virtual_size(path: str, fmt: str) -> int:
+    result = _run(["qemu-img", "info", "--output=json", "-f", fmt, path], TOOL_TIMEOUT)
+    if result.returncode != 0:
+        raise NBDCopyError(f"cannot read {fmt} image {path}: {stderr_tail(result)}")
+    return int(json.loads(result.stdout)["virtual-size"])
+
+
+def check_destination(path: str, fmt: str, size: int | None) -> None:
+    """An existing destination must have the right size and hold no data.
+
+    The sender skips every zero area (--target-is-zero), so data already in the destination would survive
+    where the source has zeros.
+    """
+    actual = virtual_size(path, fmt)
+    if size is not None and actual != round_up(size):
+        raise NBDCopyError(f"{path} exists with virtual size {actual} bytes, not {size}: give its size or remove "
+                           "it first (state=absent)")
+    if allocation(path, fmt)[0]:
+        raise NBDCopyError(f"{path} exists and holds data, which a sparse copy would not overwrite everywhere: "
+                           "remove it first (state=absent)")
+
+
+def create_image(path: str, fmt: str, size: int) -> None:
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    result = _run(["qemu-img", "create", "-q", "-f", fmt, path, str(size)], TOOL_TIMEOUT)
+    if result.returncode != 0:
+        remove_file(path)
+        raise NBDCopyError(f"cannot create {fmt} image {path} of {size} bytes: {stderr_tail(result)}")
+
+
+def finish_file(path: str, fmt: str, size: int | None, fsync: bool) -> None:
+    # QEMU writes whole sectors: cut a raw file back to the exact size it was created for.
+    if fmt == "raw" and size is not None and os.path.getsize(path) != size:
+        os.truncate(path, size)
+    if fsync:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+# -- the receiving server ------------------------------------------------------------------------
+
+def start_server(path: str, fmt: str, address: str, port: int, export: str, pidfile: str) -> tuple[int, int]:
+    """Start a daemonized one-shot qemu-nbd; it listens when this returns. Returns (pid, port)."""
+    os.makedirs(os.path.dirname(pidfile), mode=0o700, exist_ok=True)
+    for attempt in range(PORT_ATTEMPTS):
+        chosen = port or free_port(address)
+        remove_file(pidfile)
+        # Not --persistent: the server exits once its one client disconnects, and flushes the image as it closes.
+        result = _run(["qemu-nbd", "--fork", "--pid-file", pidfile, "--bind", address, "--port", str(chosen),
+                       "--export-name", export, "--format", fmt, "--cache=writeback", path], TOOL_TIMEOUT)
+        if result.returncode == 0:
+            return _read_pid(pidfile), chosen
+        if port or "in use" not in result.stderr or attempt == PORT_ATTEMPTS - 1:
+            raise NBDCopyError(f"qemu-nbd cannot serve {path} on {address}:{chosen}: {stderr_tail(result)}")
+    raise AssertionError("unreachable")
+
+
+def _read_pid(pidfile: str) -> int:
+    try:
+        with open(pidfile, encoding="ascii") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError) as exc:
+        raise NBDCopyError(f"qemu-nbd started but left no pid in {pidfile}: {exc}") from None
+
+
+def server_alive(server: dict) -> bool:
+    """The recorded qemu-nbd still runs: the pid lives and still serves the recorded export."""
+    pid = server.get("pid")
+    if not process_alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return os.path.basename(argv[0]) == "qemu-nbd" and server.get("export") in argv
+
+
+def stop_server(server: dict, timeout: float = 10.0) -> None:
+    if server_alive(server):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server["pid"], signal.SIGTERM)
+        if not wait_exit(server["pid"], timeout):
+            kill_qemu(server["pid"])
+    remove_file(server["pidfile"])
+
+
+def wait_server_exit(server: dict, timeout: float) -> bool:
+    return wait_exit(server["pid"], timeout, alive=lambda _pid: server_alive(server))
+
+
+# -- the sender ----------------------------------------------------------------------------------
+
+def send(src: str, src_format: str, uri: str, force_share: bool, timeout: float) -> float:
+    """Write the source's data, and only its data, into the NBD export. Returns the seconds it took."""
+    argv = ["qemu-img", "convert", "-n", "--target-is-zero", "-f", src_format, "-O", "raw",
+            *(["-U"] if force_share else []), src, uri]
+    started = time.monotonic()
+    result = _run(argv, timeout)
+    if result.returncode != 0:
+        raise NBDCopyError(f"copying {src} to {uri} failed: {stderr_tail(result)}. Check that the receiving host "
+                           "listens for this copy (state=listening) and is reachable from here, that no other "
+                           "client used the export (it serves one), and that the source is readable"
+                           f"{'' if force_share else ' and not in use (force_share)'}")
+    return time.monotonic() - started

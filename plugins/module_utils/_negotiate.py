@@ -1,0 +1,300 @@
+# Copyright: livemig.qemu contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Both hosts' facts plus the user's wishes -> a migration plan: which method, and why not the others.
+
+Private to the livemig.qemu collection. Pure functions: no I/O, so every branch is unit-tested from tables.
+Facts are what `qemu_facts` returns (`ansible_facts.livemig_qemu`) on each host.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+METHODS = ("live-shared", "live-mirror", "stateful", "cold")
+CHOICES = ("auto", "live", "stateful", "cold")
+# Where each choice starts in the fallback chain live -> stateful -> cold.
+CHAIN = ("live", "stateful", "cold")
+START = {"auto": "live", "live": "live", "stateful": "stateful", "cold": "cold"}
+# Capabilities the move turns on in any case: events drive every wait; the source pauses before the switchover
+# so that the disk mirrors can finish while nothing writes.
+REQUIRED_BOTH = ("events",)
+REQUIRED_SOURCE_MIRROR = ("pause-before-switchover",)
+# Optional capabilities: those set on both ends must be supported by both QEMUs.
+OPTIONAL_BOTH = ("postcopy-ram", "multifd", "xbzrle", "return-path")
+OPTIONAL_SOURCE = ("auto-converge",)
+OPTIONAL = OPTIONAL_BOTH + OPTIONAL_SOURCE
+POLICY_KEYS = ("methods", "deny_capabilities")
+WISH_DEFAULTS: dict[str, Any] = {"method": "auto", "allow_fallback": True, "allow_cold": False,
+                                 "capabilities": [], "capabilities_allow": list(OPTIONAL), "capabilities_deny": []}
+
+
+class PlanError(ValueError):
+    """The request itself is malformed; the message says what to fix."""
+
+
+def _names(items: Any, what: str) -> list[str]:
+    if items is None:
+        return []
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+        raise PlanError(f"{what} must be a list of names, got {items!r}")
+    return list(items)
+
+
+def check_wishes(raw: dict[str, Any] | None) -> dict[str, Any]:
+    wishes = {**WISH_DEFAULTS, **{key: value for key, value in (raw or {}).items() if value is not None}}
+    unknown = set(wishes) - set(WISH_DEFAULTS)
+    if unknown:
+        raise PlanError(f"unknown wishes {sorted(unknown)}; known: {sorted(WISH_DEFAULTS)}")
+    if wishes["method"] not in CHOICES:
+        raise PlanError(f"livemig_method must be one of {', '.join(CHOICES)}, got {wishes['method']!r}")
+    for key in ("allow_fallback", "allow_cold"):
+        if not isinstance(wishes[key], bool):
+            raise PlanError(f"livemig_{key} must be true or false, got {wishes[key]!r}")
+    for key in ("capabilities", "capabilities_allow", "capabilities_deny"):
+        names = _names(wishes[key], f"livemig_{key}")
+        strange = sorted(set(names) - set(OPTIONAL))
+        if strange:
+            raise PlanError(f"livemig_{key}: unknown capabilities {strange}; known: {', '.join(OPTIONAL)}")
+        wishes[key] = names
+    return wishes
+
+
+def check_policy(host: str, raw: Any) -> dict[str, list[str]]:
+    if raw in (None, {}):
+        return {"methods": list(CHAIN), "deny_capabilities": []}
+    if not isinstance(raw, dict) or set(raw) - set(POLICY_KEYS):
+        raise PlanError(f"livemig_host_policy of {host} must be a dict with keys {', '.join(POLICY_KEYS)}")
+    methods = _names(raw.get("methods", list(CHAIN)), f"livemig_host_policy.methods of {host}")
+    if set(methods) - set(CHAIN):
+        raise PlanError(f"livemig_host_policy.methods of {host}: use {', '.join(CHAIN)}")
+    return {"methods": methods,
+            "deny_capabilities": _names(raw.get("deny_capabilities"), f"livemig_host_policy.deny_capabilities of {host}")}
+
+
+def _qemu(side: dict[str, Any]) -> str:
+    return f"QEMU {side['facts'].get('version', '?')} on {side['name']}"
+
+
+def find_machine(facts: dict[str, Any], wanted: str) -> str | None:
+    """The versioned machine type `wanted` names on this host (itself, or the type behind an alias)."""
+    for machine in facts.get("machines", []):
+        if wanted in (machine.get("name"), machine.get("alias")):
+            return machine["name"]
+    return None
+
+
+def cpu_problem(target: dict[str, Any], model: str, need_migration_safe: bool) -> str | None:
+    for cpu in target["facts"].get("cpu_models", []):
+        if cpu.get("name") == model:
+            if not cpu.get("runnable", True):
+                return f"CPU model {model} is not runnable on {target['name']}"
+            if need_migration_safe and cpu.get("migration_safe") is False:
+                return f"CPU model {model} is not migration-safe (its state cannot move between hosts)"
+            return None
+    return f"{_qemu(target)} has no CPU model {model}"
+
+
+def accel_problem(target: dict[str, Any], accel: str) -> str | None:
+    kvm = target["facts"].get("accelerators", {}).get("kvm", {})
+    if accel == "kvm" and not kvm.get("usable"):
+        return f"the VM needs KVM but KVM is not usable on {target['name']}: {kvm.get('reason', 'unknown')}"
+    return None
+
+
+def disk_actions(spec: dict[str, Any], storage: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per disk: shared (the same file on both hosts) or local (to mirror or copy); and blocking problems."""
+    disks, problems = [], []
+    for disk in spec.get("disks") or []:
+        name, disk_format = disk["name"], disk.get("format", "qcow2")
+        same_file = bool((storage.get(name) or {}).get("same_file"))
+        declared = bool(disk.get("shared"))
+        if declared and not same_file:
+            problems.append(f"disk {name} is declared shared but is not the same file on both hosts "
+                            "(the source's token file was not found next to the target's image)")
+            disks.append({"name": name, "format": disk_format, "shared": False, "reason": "declared shared, not shared"})
+        elif same_file:
+            why = "is shared" if declared else "is the same file on both hosts (shared storage detected)"
+            disks.append({"name": name, "format": disk_format, "shared": True, "reason": f"disk {name} {why}, no copy needed"})
+        else:
+            disks.append({"name": name, "format": disk_format, "shared": False,
+                          "reason": f"disk {name} is local to the source"})
+    return disks, problems
+
+
+def capabilities(source: dict[str, Any], target: dict[str, Any], wishes: dict[str, Any],
+                 policies: dict[str, dict[str, list[str]]]) -> tuple[list[str], dict[str, str]]:
+    """Optional capabilities this move may use, and why each other one may not."""
+    have = {side["name"]: set(side["facts"].get("migration_capabilities", [])) for side in (source, target)}
+    usable, unusable = [], {}
+    for cap in OPTIONAL:
+        sides = (source,) if cap in OPTIONAL_SOURCE else (source, target)
+        missing = [side for side in sides if cap not in have[side["name"]]]
+        denied_by = [side["name"] for side in sides if cap in policies[side["name"]]["deny_capabilities"]]
+        if missing:
+            unusable[cap] = f"{cap} not supported by {_qemu(missing[0])}"
+        elif denied_by:
+            unusable[cap] = f"{cap} disabled by host policy on {denied_by[0]}"
+        elif cap in wishes["capabilities_deny"]:
+            unusable[cap] = f"{cap} denied by livemig_capabilities_deny"
+        elif cap not in wishes["capabilities_allow"]:
+            unusable[cap] = f"{cap} not in livemig_capabilities_allow"
+        else:
+            usable.append(cap)
+    return usable, unusable
+
+
+def _method_policy(method: str, source: dict[str, Any], target: dict[str, Any],
+                   policies: dict[str, dict[str, list[str]]]) -> list[str]:
+    family = "live" if method.startswith("live") else method
+    return [f"{family} migration disabled by host policy on {side['name']}"
+            for side in (source, target) if family not in policies[side["name"]]["methods"]]
+
+
+def make_plan(request: dict[str, Any]) -> dict[str, Any]:
+    """The plan for one VM from `request`: vm, spec, source, target, storage, wishes.
+
+    source/target: {name, facts, policy, address}; the source's facts include `vms[vm]` with the
+    machine type and accelerator the VM runs with. storage: {disk: {same_file}} from qemu_storage_check.
+    """
+    vm, spec = request["vm"], request["spec"]
+    source, target = request["source"], request["target"]
+    wishes = check_wishes(request.get("wishes"))
+    policies = {side["name"]: check_policy(side["name"], side.get("policy")) for side in (source, target)}
+    running = source["facts"].get("vms", {}).get(vm, {})
+    pinned_machine, pinned_accel = running.get("machine"), running.get("accel")
+    disks, storage_problems = disk_actions(spec, request.get("storage") or {})
+    local = [disk["name"] for disk in disks if not disk["shared"]]
+    shared_by_name = {disk["name"]: disk["shared"] for disk in disks}
+    usable, unusable = capabilities(source, target, wishes, policies)
+    have = {side["name"]: set(side["facts"].get("migration_capabilities", [])) for side in (source, target)}
+
+    common = list(storage_problems)
+    available = target["facts"].get("memory", {}).get("available_mb")
+    if available is not None and int(spec["memory_mb"]) > available:
+        common.append(f"the VM needs {spec['memory_mb']} MiB of memory but {target['name']} has only "
+                      f"{available} MiB available")
+    no_address = [] if target.get("address") else [
+        f"{target['name']} has no migration address (set livemig_migration_address)"]
+
+    # Live and stateful keep the running guest, so its ABI is pinned: same machine type, accelerator, CPU.
+    keep_guest = list(common)
+    if not pinned_machine or find_machine(target["facts"], pinned_machine) != pinned_machine:
+        keep_guest.append(f"{_qemu(target)} has no machine type {pinned_machine}")
+    for problem in (accel_problem(target, pinned_accel or "tcg"), cpu_problem(target, spec["cpu_model"], True)):
+        if problem:
+            keep_guest.append(problem)
+
+    live = keep_guest + no_address
+    for cap in REQUIRED_BOTH:
+        live += [f"{_qemu(side)} lacks the {cap} capability" for side in (source, target)
+                 if cap not in have[side["name"]]]
+    mirror = list(live)
+    for cap in REQUIRED_SOURCE_MIRROR:
+        if cap not in have[source["name"]]:
+            mirror.append(f"{_qemu(source)} lacks the {cap} capability (needed to finish the disk mirrors)")
+    reasons = {
+        "live-shared": live + [f"disk {name} is local" for name in local],
+        "live-mirror": mirror + ([] if local else ["no local disk to mirror (all disks are shared)"]),
+        "stateful": keep_guest + no_address,
+    }
+    cold_machine = find_machine(target["facts"], spec["machine"])
+    cold_accel = spec.get("accel", "auto")
+    cold_accel = target["facts"].get("auto_accel", "tcg") if cold_accel == "auto" else cold_accel
+    cold = list(common) + (no_address if local else [])
+    if not cold_machine:
+        cold.append(f"{_qemu(target)} has no machine type {spec['machine']}")
+    for problem in (accel_problem(target, cold_accel), cpu_problem(target, spec["cpu_model"], False)):
+        if problem:
+            cold.append(problem)
+    reasons["cold"] = cold
+    for method in METHODS:
+        reasons[method] += _method_policy(method, source, target, policies)
+
+    chosen, considered = None, []
+    start = CHAIN.index(START[wishes["method"]])
+    allowed = {}
+    for position, family in enumerate(CHAIN):
+        if position < start:
+            allowed[family] = f"not tried: livemig_method is {wishes['method']}"
+        elif position > start and not wishes["allow_fallback"]:
+            allowed[family] = "not tried: livemig_allow_fallback is false"
+        elif family == "cold" and wishes["method"] != "cold" and not wishes["allow_cold"]:
+            allowed[family] = "not tried: a cold move (guest restarted) needs livemig_allow_cold=true"
+        else:
+            allowed[family] = ""
+    for method in METHODS:
+        family = "live" if method.startswith("live") else method
+        if allowed[family]:
+            continue
+        considered.append(method)
+        if chosen is None and not reasons[method]:
+            chosen = method
+
+    methods = {method: {"possible": not reasons[method], "reasons": reasons[method],
+                        "tried": method in considered,
+                        "not_tried": allowed["live" if method.startswith("live") else method]}
+               for method in METHODS}
+    live_chosen = chosen in ("live-shared", "live-mirror")
+    wanted_caps = [cap for cap in wishes["capabilities"] if cap in usable]
+    source_caps = sorted(set(REQUIRED_BOTH) | set(wanted_caps)
+                         | (set(REQUIRED_SOURCE_MIRROR) if chosen == "live-mirror" else set()))
+    target_caps = sorted(set(REQUIRED_BOTH) | {cap for cap in wanted_caps if cap not in OPTIONAL_SOURCE})
+    storage_action = {"live-shared": "shared", "live-mirror": "mirror", "stateful": "copy", "cold": "copy"}
+    plan = {
+        "vm": vm,
+        "source": source["name"],
+        "target": target["name"],
+        "versions": {source["name"]: source["facts"].get("version"), target["name"]: target["facts"].get("version")},
+        "method": chosen,
+        "possible": chosen is not None,
+        "methods": methods,
+        "machine": (cold_machine if chosen == "cold" else pinned_machine),
+        "cpu_model": spec["cpu_model"],
+        "accel": (cold_accel if chosen == "cold" else pinned_accel),
+        "disks": [{**disk, "action": "shared" if disk["shared"] else storage_action.get(chosen or "", "none")}
+                  for disk in disks],
+        "capabilities": {"source": source_caps if live_chosen else [],
+                         "target": target_caps if live_chosen else [],
+                         "usable": usable, "unusable": unusable},
+        "transport": _transport(chosen, target, source, bool(local)),
+        "spec": {**spec, "disks": [{**disk, "shared": shared_by_name[disk["name"]]} for disk in spec.get("disks") or []]},
+    }
+    plan["summary"] = summary(plan)
+    return plan
+
+
+def _transport(method: str | None, target: dict[str, Any], source: dict[str, Any], has_local: bool) -> dict:
+    if method in ("live-shared", "live-mirror"):
+        return {"kind": "tcp", "address": target.get("address"), "disks": "nbd" if method == "live-mirror" else None}
+    if method == "stateful":
+        save = "file" if "file" in source["facts"].get("state_transports", []) else "exec"
+        load = "file" if "file" in target["facts"].get("state_transports", []) else "exec"
+        return {"kind": "state file", "save": save, "load": load, "copy": "nbd", "address": target.get("address")}
+    if method == "cold":
+        return {"kind": "restart", "copy": "nbd" if has_local else None,
+                "address": target.get("address") if has_local else None}
+    return {}
+
+
+def summary(plan: dict[str, Any]) -> list[str]:
+    """The plan as lines a person reads before anything happens."""
+    head = f"{plan['vm']}: {plan['source']} ({plan['versions'][plan['source']]}) -> " \
+           f"{plan['target']} ({plan['versions'][plan['target']]})"
+    if not plan["possible"]:
+        lines = [f"{head}: no method is possible"]
+    else:
+        lines = [f"{head}: {plan['method']}",
+                 f"  machine {plan['machine']}, CPU {plan['cpu_model']}, accel {plan['accel']}"]
+        lines += [f"  disk {disk['name']}: {disk['action']} ({disk['reason']})" for disk in plan["disks"]]
+        if plan["capabilities"]["source"]:
+            lines.append(f"  capabilities: source {', '.join(plan['capabilities']['source'])}; "
+                         f"target {', '.join(plan['capabilities']['target'])}")
+        lines.append(f"  usable on demand: {', '.join(plan['capabilities']['usable']) or 'none'}")
+        lines.append("  transport: " + ", ".join(f"{key} {value}" for key, value in plan["transport"].items() if value))
+    for method, verdict in plan["methods"].items():
+        if method == plan["method"]:
+            continue
+        why = verdict["reasons"] + ([verdict["not_tried"]] if verdict["not_tried"] else [])
+        lines.append(f"  {method}: " + ("possible, " if verdict["possible"] else "rejected: ") + "; ".join(why)
+                     if why else f"  {method}: possible, not needed")
+    lines += [f"  {reason}" for reason in plan["capabilities"]["unusable"].values()]
+    return lines

@@ -1,0 +1,359 @@
+#!/usr/bin/python
+# Copyright: livemig.qemu contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: qemu_nbd_copy
+short_description: Copy a disk image or a VM state file to another host over NBD, sending only its data
+version_added: 0.2.0
+description:
+  - Copies one file (a qcow2 or raw disk image, or a raw VM state file) from the host that runs O(state=sent) to the
+    host that runs O(state=listening), with QEMU's own tools and no SSH between the hosts.
+  - The receiving host serves the destination with a one-shot C(qemu-nbd) bound to one address, under an
+    unguessable export name. It takes one client and exits when that client disconnects.
+  - The sending host writes the source into it with C(qemu-img convert). Unallocated and zero areas are not sent,
+    and the destination stays sparse.
+  - The receiving server's pid, port and export name are kept in this host's record of the VM, under the volatile
+    key C(copy:<label>), never on another host.
+  - Used by the stateful and cold migration paths. A run is O(state=listening) on the receiving host, then
+    O(state=sent) on the sending host, then O(state=finished) on the receiving host, or O(state=absent) there to
+    roll back.
+extends_documentation_fragment:
+  - livemig.qemu.vm
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+options:
+  state:
+    description:
+      - V(listening) (receiving host) creates the destination image if it is missing and starts the server.
+        If a live server for O(label) is already recorded, it is returned unchanged.
+      - V(sent) (sending host) copies O(src) into the server at O(uri). It reads no VM record and always reports a
+        change.
+      - V(finished) (receiving host) waits up to O(timeout) seconds for the server to exit after the copy, then
+        forgets it. A server still running after that is killed and the task fails.
+      - V(absent) (receiving host, for rollback) stops the server, forgets it and deletes O(path).
+    type: str
+    choices: [listening, sent, finished, absent]
+    required: true
+  name:
+    description:
+      - Name of the VM the copy belongs to. Letters, digits, V(.), V(_) and V(-); no V(/) and no V(..).
+      - Required for O(state=listening), O(state=finished) and O(state=absent).
+    type: str
+    required: false
+  run_dir:
+    description:
+      - This host's directory for the VM's volatile files; the server's pid file is
+        C(<run_dir>/<name>.copy-<label>.pid).
+      - Required for O(state=listening), O(state=finished) and O(state=absent).
+    type: path
+    required: false
+  label:
+    description:
+      - What is copied, for example a disk name or V(state). Names the server in the VM's record, so one VM can
+        receive several files at once.
+      - Lower-case letters, digits and V(_), starting with a letter, at most 16 characters.
+      - Required for O(state=listening), O(state=finished) and O(state=absent).
+    type: str
+  path:
+    description:
+      - Absolute path of the destination file on the receiving host.
+      - An existing file is used only if it has the virtual size O(size) and holds no data; the copy skips the
+        source's zero areas, so older data there would survive.
+      - Required for O(state=listening) and O(state=absent).
+    type: path
+  format:
+    description: Format of the destination image. V(raw) for a VM state file.
+    type: str
+    choices: [qcow2, raw]
+    default: qcow2
+  size:
+    description:
+      - Virtual size in bytes of the destination, the source's virtual size (for a raw file, its size in bytes).
+      - Required when O(path) does not exist.
+    type: int
+  address:
+    description: Address the server binds to, on the network the copy should use. Required for O(state=listening).
+    type: str
+  port:
+    description: TCP port of the server; V(0) picks a free one.
+    type: int
+    default: 0
+  src:
+    description: Absolute path of the file to send. Required for O(state=sent).
+    type: path
+  src_format:
+    description: Format of O(src).
+    type: str
+    choices: [qcow2, raw]
+    default: qcow2
+  uri:
+    description: The RV(uri) that O(state=listening) returned on the receiving host. Required for O(state=sent).
+    type: str
+  force_share:
+    description:
+      - Read O(src) even though another process has it open (C(qemu-img -U)).
+      - Only safe when nothing writes to it, for example while the VM's QEMU is paused.
+    type: bool
+    default: false
+  timeout:
+    description:
+      - With O(state=sent), seconds the copy may take.
+      - With O(state=finished), seconds to wait for the server to exit.
+    type: float
+    default: 3600
+  fsync:
+    description: With O(state=finished), flush the destination file to stable storage.
+    type: bool
+    default: true
+requirements:
+  - qemu-img and qemu-nbd (QEMU 7.2 or later) on both hosts
+author:
+  - livemig.qemu contributors (@livemig)
+"""
+
+EXAMPLES = r"""
+- name: Receive web1's root disk on the migration network
+  livemig.qemu.qemu_nbd_copy:
+    state: listening
+    name: web1
+    run_dir: /run/livemig
+    image_dir: /var/lib/livemig/images
+    label: root
+    path: /var/lib/livemig/images/web1-root.qcow2
+    size: 21474836480
+    address: 192.0.2.12
+  delegate_to: hv2
+  register: receiver
+
+- name: Send it from the source, whose QEMU is paused
+  livemig.qemu.qemu_nbd_copy:
+    state: sent
+    src: /var/lib/livemig/images/web1-root.qcow2
+    src_format: qcow2
+    uri: "{{ receiver.uri }}"
+    force_share: true
+  delegate_to: hv1
+
+- name: Wait for the receiving server to end and flush the image
+  livemig.qemu.qemu_nbd_copy:
+    state: finished
+    name: web1
+    run_dir: /run/livemig
+    image_dir: /var/lib/livemig/images
+    label: root
+  delegate_to: hv2
+
+- name: Roll back a copy of the VM state
+  livemig.qemu.qemu_nbd_copy:
+    state: absent
+    name: web1
+    run_dir: /run/livemig
+    image_dir: /var/lib/livemig/images
+    label: state
+    path: /var/lib/livemig/images/web1.state
+  delegate_to: hv2
+"""
+
+RETURN = r"""
+uri:
+  description: Where the sender writes; pass it to O(state=sent) as O(uri).
+  returned: with O(state=listening), except in check mode when the server would be started
+  type: str
+  sample: nbd://192.0.2.12:40711/root-5f0c1e7a9b2d4c6e8f1a3b5c7d9e0f12
+host:
+  description: Address the server listens on.
+  returned: with O(state=listening), except in check mode when the server would be started
+  type: str
+  sample: 192.0.2.12
+port:
+  description: Port the server listens on.
+  returned: with O(state=listening), except in check mode when the server would be started
+  type: int
+  sample: 40711
+export:
+  description: The server's export name.
+  returned: with O(state=listening), except in check mode when the server would be started
+  type: str
+  sample: root-5f0c1e7a9b2d4c6e8f1a3b5c7d9e0f12
+pid:
+  description: Process id of the server.
+  returned: with O(state=listening), except in check mode when the server would be started
+  type: int
+bytes_allocated:
+  description:
+    - Bytes of data in the source, which is at most what crossed the link. Unallocated and zero areas are not
+      counted and were not sent.
+  returned: with O(state=sent), except in check mode
+  type: int
+  sample: 4194304
+virtual_size:
+  description: Virtual size of the source in bytes (for a raw file, its size).
+  returned: with O(state=sent), except in check mode
+  type: int
+  sample: 1073741824
+seconds:
+  description: How long the copy took.
+  returned: with O(state=sent), except in check mode
+  type: float
+  sample: 0.42
+msg:
+  description: What the task did or, in check mode, would do.
+  returned: always
+  type: str
+"""
+
+import os
+import secrets
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.livemig.qemu.plugins.module_utils import _nbdcopy as nbd
+from ansible_collections.livemig.qemu.plugins.module_utils._module import vm_argument_spec, vm_paths
+from ansible_collections.livemig.qemu.plugins.module_utils._state import HostRecord, load_record, save_record
+from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import remove_file
+from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import VMPaths
+
+RECEIVING = {"listening": ("label", "path", "address"), "finished": ("label",), "absent": ("label", "path")}
+
+
+def server_result(server: dict) -> dict:
+    return {"uri": nbd.nbd_uri(server["host"], server["port"], server["export"]), "host": server["host"],
+            "port": server["port"], "export": server["export"], "pid": server["pid"]}
+
+
+def listening(module: AnsibleModule, paths: VMPaths, record: HostRecord) -> dict:
+    params = module.params
+    label, path, fmt, size = params["label"], params["path"], params["format"], params["size"]
+    key = f"copy:{label}"
+    server = record.volatile.get(key)
+    if server and nbd.server_alive(server):
+        wanted = {"path": path, "format": fmt, "host": params["address"], "port": params["port"] or server["port"]}
+        if any(server[item] != value for item, value in wanted.items()):
+            module.fail_json(msg=f"copy {label} of VM {paths.vm} already listens for {server['path']} "
+                                 f"({server['format']}) on {server['host']}:{server['port']}: end it first "
+                                 "(state=finished or state=absent)")
+        return {"changed": False, "msg": f"qemu-nbd already listens for {path}", **server_result(server)}
+    exists = os.path.exists(path)
+    if exists:
+        nbd.check_destination(path, fmt, size)
+    elif size is None or size <= 0:
+        module.fail_json(msg=f"{path} does not exist: give its virtual size in bytes (size) to create it")
+    if module.check_mode:
+        return {"changed": True, "msg": f"would {'' if exists else 'create and '}serve {path} for copy {label}"}
+    if not exists:
+        nbd.create_image(path, fmt, size)
+    server = {"host": params["address"], "export": f"{label}-{secrets.token_hex(16)}", "path": path,
+              "format": fmt, "pidfile": os.path.join(paths.run_dir, f"{paths.vm}.copy-{label}.pid")}
+    if fmt == "raw":
+        server["size"] = size if size is not None else os.path.getsize(path)
+    try:
+        server["pid"], server["port"] = nbd.start_server(path, fmt, server["host"], params["port"], server["export"],
+                                                         server["pidfile"])
+    except nbd.NBDCopyError:
+        if not exists:
+            remove_file(path)
+        raise
+    record.volatile[key] = server
+    save_record(paths.record, record)
+    return {"changed": True, "msg": f"qemu-nbd serves {path} for copy {label}", **server_result(server)}
+
+
+def finished(module: AnsibleModule, paths: VMPaths, record: HostRecord) -> dict:
+    label, timeout = module.params["label"], module.params["timeout"]
+    server = record.volatile.get(f"copy:{label}")
+    if not server:
+        return {"changed": False, "msg": f"no server recorded for copy {label}"}
+    if module.check_mode:
+        return {"changed": True, "msg": f"would wait for the server of copy {label} to exit"}
+    exited = nbd.wait_server_exit(server, timeout)
+    nbd.stop_server(server)
+    del record.volatile[f"copy:{label}"]
+    save_record(paths.record, record)
+    if not exited:
+        module.fail_json(msg=f"qemu-nbd for copy {label} ({server['path']}) did not exit within {timeout:.0f}s: the "
+                             "sender never connected or is still copying. It was stopped; the copy is incomplete")
+    nbd.finish_file(server["path"], server["format"], server.get("size"), module.params["fsync"])
+    return {"changed": True, "msg": f"copy {label} into {server['path']} finished"}
+
+
+def absent(module: AnsibleModule, paths: VMPaths, record: HostRecord) -> dict:
+    label, path = module.params["label"], module.params["path"]
+    server = record.volatile.get(f"copy:{label}")
+    if not server and not os.path.exists(path):
+        return {"changed": False, "msg": f"no server and no {path} for copy {label}"}
+    if module.check_mode:
+        return {"changed": True, "msg": f"would stop the server of copy {label} and delete {path}"}
+    if server:
+        nbd.stop_server(server)
+        del record.volatile[f"copy:{label}"]
+        save_record(paths.record, record)
+    remove_file(path)
+    return {"changed": True, "msg": f"stopped copy {label} and deleted {path}"}
+
+
+def sent(module: AnsibleModule) -> dict:
+    params = module.params
+    src, fmt, uri = params["src"], params["src_format"], params["uri"]
+    if not os.path.isabs(src) or not os.path.isfile(src):
+        module.fail_json(msg=f"src {src} must be an absolute path to an existing file on this host")
+    if not uri.startswith("nbd://"):
+        module.fail_json(msg=f"uri {uri} must be the nbd:// address that state=listening returned")
+    if module.check_mode:
+        return {"changed": True, "msg": f"would copy {src} ({fmt}) to {uri}"}
+    allocated, size = nbd.allocation(src, fmt, params["force_share"], params["timeout"])
+    seconds = nbd.send(src, fmt, uri, params["force_share"], params["timeout"])
+    if fmt == "raw":
+        size = os.path.getsize(src)  # QEMU rounds a raw file up to whole sectors
+    return {"changed": True, "msg": f"copied {src} to {uri}", "bytes_allocated": allocated, "virtual_size": size,
+            "seconds": round(seconds, 3)}
+
+
+def receive(module: AnsibleModule) -> dict:
+    params = module.params
+    if not nbd.LABEL.fullmatch(params["label"]):
+        module.fail_json(msg=f"invalid label {params['label']!r}: it must match {nbd.LABEL.pattern}")
+    if params["path"] is not None and not os.path.isabs(params["path"]):
+        module.fail_json(msg=f"path {params['path']} must be absolute")
+    paths = vm_paths(module)
+    record = load_record(paths.record, paths.vm) or HostRecord(vm=paths.vm)
+    return {"listening": listening, "finished": finished, "absent": absent}[params["state"]](module, paths, record)
+
+
+def main() -> None:
+    spec = vm_argument_spec(
+        state={"type": "str", "required": True, "choices": ["listening", "sent", "finished", "absent"]},
+        label={"type": "str"},
+        path={"type": "path"},
+        format={"type": "str", "default": "qcow2", "choices": list(nbd.FORMATS)},
+        size={"type": "int"},
+        address={"type": "str"},
+        port={"type": "int", "default": 0},
+        src={"type": "path"},
+        src_format={"type": "str", "default": "qcow2", "choices": list(nbd.FORMATS)},
+        uri={"type": "str"},
+        force_share={"type": "bool", "default": False},
+        timeout={"type": "float", "default": 3600},
+        fsync={"type": "bool", "default": True},
+    )
+    # The sending host needs no VM record, hence no VM name or run directory.
+    spec["name"] = {**spec["name"], "required": False}
+    spec["run_dir"] = {**spec["run_dir"], "required": False}
+    module = AnsibleModule(
+        argument_spec=spec,
+        supports_check_mode=True,
+        required_if=[("state", "sent", ("src", "uri"))]
+        + [("state", state, ("name", "run_dir", *needed)) for state, needed in RECEIVING.items()],
+    )
+    try:
+        result = sent(module) if module.params["state"] == "sent" else receive(module)
+    except (nbd.NBDCopyError, OSError) as exc:
+        module.fail_json(msg=f"{module.params['state']}: {exc}")
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+#!/usr/bin/python
+# Copyright: livemig.qemu contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: qemu_storage_check
+short_description: Find out which of a VM's disk images are the same file on two hosts
+version_added: 0.2.0
+description:
+  - Detects shared storage instead of trusting a flag. The source host leaves a token file next to each disk image
+    with O(state=marked). The target host looks for the same token next to its own path of that image with
+    O(state=checked). The source removes the tokens again with O(state=unmarked).
+  - A disk whose token the target reads back is the same file on both hosts, whatever each host calls the path.
+  - The token files are C(.<image file name>.livemig-token), a few bytes each; nothing else is written.
+extends_documentation_fragment:
+  - livemig.qemu.vm
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+options:
+  state:
+    description:
+      - V(marked) writes a new random token next to every disk image of the VM that exists on this host.
+      - V(checked) reads the tokens on this host and reports, per disk, whether it is the same file.
+      - V(unmarked) removes the token files from this host.
+    type: str
+    choices: [marked, checked, unmarked]
+    required: true
+  spec:
+    description: The VM description (one C(livemig_vms) entry); only its C(disks) are used.
+    type: dict
+    required: true
+  token:
+    description: The token returned by O(state=marked). Required for O(state=checked).
+    type: str
+author:
+  - livemig.qemu contributors (@livemig)
+notes:
+  - In check mode, O(state=marked) and O(state=unmarked) change nothing, so O(state=checked) finds no token. Run
+    these tasks with C(check_mode=false) to detect shared storage during a check-mode run, as the
+    C(livemig.qemu.live_migration) role does.
+"""
+
+EXAMPLES = r"""
+- name: Mark the images on the source
+  livemig.qemu.qemu_storage_check:
+    name: web1
+    run_dir: /run/livemig
+    image_dir: /var/lib/livemig/images
+    shared_dir: /mnt/vmstore
+    spec: "{{ livemig_vms.web1 }}"
+    state: marked
+  register: marks
+
+- name: Look for the marks on the target
+  livemig.qemu.qemu_storage_check:
+    name: web1
+    run_dir: /run/livemig
+    image_dir: /srv/images
+    shared_dir: /net/vmstore
+    spec: "{{ livemig_vms.web1 }}"
+    state: checked
+    token: "{{ marks.token }}"
+  delegate_to: hv2
+  register: storage
+
+- name: Remove the marks
+  livemig.qemu.qemu_storage_check:
+    name: web1
+    run_dir: /run/livemig
+    image_dir: /var/lib/livemig/images
+    shared_dir: /mnt/vmstore
+    spec: "{{ livemig_vms.web1 }}"
+    state: unmarked
+"""
+
+RETURN = r"""
+token:
+  description: The random token written (O(state=marked)) or looked for (O(state=checked)).
+  returned: when state is marked or checked
+  type: str
+disks:
+  description:
+    - Per disk name, C(path) on this host, C(exists) (the image exists here), for O(state=marked) the image's
+      C(virtual_size) in bytes, and for O(state=checked) C(same_file) (this host reads the source's token next
+      to it).
+  returned: always
+  type: dict
+  sample: {"root": {"path": "/mnt/vmstore/web1-root.qcow2", "exists": true, "same_file": true}}
+"""
+
+import os
+import secrets
+
+from ansible_collections.livemig.qemu.plugins.module_utils._module import new_module, vm_argument_spec, vm_paths
+from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import VMHostError, image_virtual_size
+from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import SpecError, parse_spec
+
+
+def token_path(image: str) -> str:
+    directory, filename = os.path.split(image)
+    return os.path.join(directory, f".{filename}.livemig-token")
+
+
+def read_token(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def main() -> None:
+    module = new_module(
+        vm_argument_spec(
+            state={"type": "str", "choices": ["marked", "checked", "unmarked"], "required": True},
+            spec={"type": "dict", "required": True},
+            token={"type": "str", "no_log": False},
+        ),
+        required_if=[("state", "checked", ["token"])],
+        supports_check_mode=True,
+    )
+    paths = vm_paths(module)
+    try:
+        spec = parse_spec(paths.vm, module.params["spec"])
+    except SpecError as exc:
+        module.fail_json(msg=str(exc))
+    state = module.params["state"]
+    token = module.params["token"] if state == "checked" else secrets.token_hex(16)
+    changed = False
+    disks = {}
+    for disk in spec.disks:
+        image = paths.disk(disk)
+        marker = token_path(image)
+        info = {"path": image, "exists": os.path.exists(image)}
+        if state == "marked" and info["exists"]:
+            try:
+                info["virtual_size"] = image_virtual_size(image)
+            except VMHostError as exc:
+                module.fail_json(msg=f"disk {disk.name}: {exc}")
+        if state == "marked" and info["exists"]:
+            changed = True
+            if not module.check_mode:
+                try:
+                    with open(marker, "w", encoding="ascii") as handle:
+                        handle.write(token + "\n")
+                except OSError as exc:
+                    module.fail_json(msg=f"cannot write the token file next to disk {disk.name}: {exc}")
+        elif state == "checked":
+            info["same_file"] = info["exists"] and read_token(marker) == token
+        elif state == "unmarked" and os.path.exists(marker):
+            changed = True
+            if not module.check_mode:
+                try:
+                    os.unlink(marker)
+                except OSError as exc:
+                    module.fail_json(msg=f"cannot remove the token file {marker}: {exc}")
+        disks[disk.name] = info
+    result = {"changed": changed, "disks": disks}
+    if state != "unmarked":
+        result["token"] = token
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from ansible_collections.livemig.qemu.plugins.module_utils import _nbdcopy
+from ansible_collections.livemig.qemu.plugins.module_utils._state import load_record, process_alive
+
+MB = 1 << 20
+VM = "vm1"
+MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                      "plugins", "modules", "qemu_nbd_copy.py")
+# The directory holding ansible_collections/livemig/qemu (made by conftest), for the module's own Python.
+COLLECTIONS = os.path.abspath(os.path.join(os.path.dirname(_nbdcopy.__file__), *[os.pardir] * 5))
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def make_qcow2(path, size, *writes):
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, str(size)], check=True)
+    for pattern, offset, length in writes:
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern} {offset} {length}", path],
+                       check=True, capture_output=True)
+
+
+def allocated_on_disk(path):
+    return os.stat(path).st_blocks * 512
+
+
+class Copier:
+    """Runs the module the way Ansible does: its own Python process, arguments as ANSIBLE_MODULE_ARGS."""
+
+    def __init__(self, tmp_path):
+        self.dirs = {"name": VM, "run_dir": str(tmp_path / "run"), "image_dir": str(tmp_path / "images")}
+        self.args_file = tmp_path / "args.json"
+        self.servers = []
+
+    def run(self, check_mode=False, receiving=True, **args):
+        args = {**(self.dirs if receiving else {}), **args, "_ansible_check_mode": check_mode}
+        self.args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+        done = subprocess.run([sys.executable, MODULE, str(self.args_file)], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": COLLECTIONS}, timeout=30, check=False)
+        assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
+        result = json.loads(done.stdout)
+        if "pid" in result:
+            self.servers.append(result)
+        return result
+
+    def listen(self, label, path, **args):
+        return self.run(state="listening", label=label, path=path, address="127.0.0.1", **args)
+
+    def send(self, src, uri, **args):
+        return self.run(receiving=False, state="sent", src=src, uri=uri, **args)
+
+    def record(self):
+        return load_record(os.path.join(self.dirs["image_dir"], f"{VM}.json"), VM)
+
+    def kill_leftovers(self):
+        for server in self.servers:
+            if _nbdcopy.server_alive(server):
+                os.kill(server["pid"], signal.SIGKILL)
+
+
+@pytest.fixture
+def copier(tmp_path):
+    instance = Copier(tmp_path)
+    yield instance
+    instance.kill_leftovers()
+
+
+def test_qcow2_copy_lands_identical_and_sparse(copier, tmp_path):
+    src, dst = str(tmp_path / "src.qcow2"), str(tmp_path / "images" / "vm1-root.qcow2")
+    make_qcow2(src, 1024 * MB, ("0x11", 0, 1 * MB), ("0x22", 300 * MB, 2 * MB), ("0x33", 1023 * MB, 1 * MB))
+
+    listening = copier.listen("root", dst, size=1024 * MB)
+    assert listening["changed"] is True
+    assert listening["uri"] == f"nbd://127.0.0.1:{listening['port']}/{listening['export']}"
+    assert copier.record().volatile["copy:root"]["pid"] == listening["pid"]
+
+    sent = copier.send(src, listening["uri"])
+    assert sent["changed"] is True
+    assert sent["bytes_allocated"] == 4 * MB
+    assert sent["virtual_size"] == 1024 * MB
+
+    finished = copier.run(state="finished", label="root", timeout=10)
+    assert finished["changed"] is True
+    assert not process_alive(listening["pid"])
+    assert "copy:root" not in copier.record().volatile
+    compare = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", src, dst],
+                             capture_output=True, text=True, check=False)
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    assert allocated_on_disk(dst) < 64 * MB
+    assert copier.run(state="finished", label="root")["changed"] is False
+
+
+def test_raw_state_file_copy_is_identical_byte_for_byte(copier, tmp_path):
+    src, dst = tmp_path / "vm1.state", tmp_path / "images" / "vm1.state"
+    head, tail = os.urandom(3 * MB + 123), os.urandom(777)
+    with open(src, "wb") as handle:
+        handle.write(head)
+        handle.seek(6 * MB, os.SEEK_CUR)  # a hole in the middle, and a size that is no whole number of sectors
+        handle.write(tail)
+    size = src.stat().st_size
+
+    listening = copier.listen("state", str(dst), format="raw", size=size)
+    sent = copier.send(str(src), listening["uri"], src_format="raw")
+    assert sent["virtual_size"] == size
+    assert len(head) + len(tail) <= sent["bytes_allocated"] < len(head) + len(tail) + 2 * MB
+    assert copier.run(state="finished", label="state", timeout=10)["changed"] is True
+    assert dst.read_bytes() == src.read_bytes()
+    assert allocated_on_disk(dst) < 5 * MB  # the 6 MiB hole stayed a hole
+
+
+def test_listening_again_returns_the_live_server_unchanged(copier, tmp_path):
+    dst = str(tmp_path / "images" / "vm1-root.qcow2")
+    first = copier.listen("root", dst, size=8 * MB)
+    again = copier.listen("root", dst, size=8 * MB)
+    assert again["changed"] is False
+    assert {key: again[key] for key in ("uri", "pid", "port", "export")} == \
+        {key: first[key] for key in ("uri", "pid", "port", "export")}
+    assert copier.listen("root", dst, size=8 * MB, check_mode=True)["changed"] is False
+
+    other = copier.listen("root", str(tmp_path / "images" / "other.qcow2"), size=8 * MB)
+    assert other.get("failed") and "already listens for" in other["msg"]
+
+
+def test_absent_stops_the_server_and_deletes_the_file(copier, tmp_path):
+    dst = str(tmp_path / "images" / "vm1-root.qcow2")
+    listening = copier.listen("root", dst, size=8 * MB, port=free_port())
+    assert copier.run(state="absent", label="root", path=dst, check_mode=True)["changed"] is True
+    assert _nbdcopy.server_alive(listening) and os.path.exists(dst)
+
+    assert copier.run(state="absent", label="root", path=dst)["changed"] is True
+    assert not process_alive(listening["pid"])
+    assert not os.path.exists(dst)
+    assert "copy:root" not in copier.record().volatile
+    assert copier.run(state="absent", label="root", path=dst)["changed"] is False
+
+
+def test_check_mode_changes_nothing(copier, tmp_path):
+    dst = str(tmp_path / "images" / "vm1-root.qcow2")
+    result = copier.listen("root", dst, size=8 * MB, check_mode=True)
+    assert result["changed"] is True and "uri" not in result
+    assert not os.path.exists(dst)
+    assert copier.record() is None
+
+    src = str(tmp_path / "src.qcow2")
+    make_qcow2(src, 8 * MB)
+    sent = copier.send(src, f"nbd://127.0.0.1:{free_port()}/nothing", check_mode=True)
+    assert sent["changed"] is True and "bytes_allocated" not in sent
+
+
+def test_existing_destination_with_another_size_is_refused(copier, tmp_path):
+    dst = str(tmp_path / "images" / "vm1-root.qcow2")
+    os.makedirs(os.path.dirname(dst))
+    make_qcow2(dst, 4 * MB)
+    result = copier.listen("root", dst, size=8 * MB)
+    assert result["failed"] is True
+    assert dst in result["msg"] and f"virtual size {4 * MB} bytes, not {8 * MB}" in result["msg"]
+    assert copier.record() is None
+
+
+def test_existing_destination_with_data_is_refused(copier, tmp_path):
+    dst = str(tmp_path / "images" / "vm1-root.qcow2")
+    os.makedirs(os.path.dirname(dst))
+    make_qcow2(dst, 8 * MB, ("0x44", 0, 64 * 1024))
+    result = copier.listen("root", dst, size=8 * MB)
+    assert result["failed"] is True and "holds data" in result["msg"]
+
+
+def test_an_existing_empty_destination_is_used(copier, tmp_path):
+    dst = str(tmp_path / "images" / "vm1-root.qcow2")
+    os.makedirs(os.path.dirname(dst))
+    make_qcow2(dst, 8 * MB)
+    assert copier.listen("root", dst)["changed"] is True
+
+
+def test_a_missing_destination_needs_a_size(copier, tmp_path):
+    result = copier.listen("root", str(tmp_path / "images" / "vm1-root.qcow2"))
+    assert result["failed"] is True and "size" in result["msg"]
+
+
+def test_sending_to_a_closed_port_fails_cleanly(copier, tmp_path):
+    src = str(tmp_path / "src.qcow2")
+    make_qcow2(src, 8 * MB, ("0x55", 0, 64 * 1024))
+    uri = f"nbd://127.0.0.1:{free_port()}/nothing"
+    result = copier.send(src, uri, timeout=10)
+    assert result["failed"] is True
+    assert uri in result["msg"] and "state=listening" in result["msg"]
+
+
+def test_finished_kills_a_server_nobody_used_and_fails(copier, tmp_path):
+    dst = str(tmp_path / "images" / "vm1-root.qcow2")
+    listening = copier.listen("root", dst, size=8 * MB)
+    result = copier.run(state="finished", label="root", timeout=0.2)
+    assert result["failed"] is True and "did not exit" in result["msg"]
+    assert not process_alive(listening["pid"])
+    assert "copy:root" not in copier.record().volatile
+
+
+def test_a_bad_label_is_refused(copier, tmp_path):
+    result = copier.listen("Root-1", str(tmp_path / "x.qcow2"), size=MB)
+    assert result["failed"] is True and "invalid label" in result["msg"]

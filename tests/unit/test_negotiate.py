@@ -1,0 +1,216 @@
+"""The migration planner over a table of host-fact pairs: every method, every reason, every fallback rule."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from ansible_collections.livemig.qemu.plugins.module_utils._negotiate import PlanError, make_plan
+
+CAPS_10 = ["auto-converge", "events", "multifd", "pause-before-switchover", "postcopy-ram", "return-path", "xbzrle"]
+CAPS_OLD = ["events", "xbzrle"]  # an imaginary very old QEMU: no pause-before-switchover, no postcopy
+
+
+def facts(version, machines, caps=None, kvm=False, memory=8192, cpus=None, transports=None):
+    return {
+        "version": version,
+        "machines": [{"name": name, "alias": alias} for name, alias in machines],
+        "cpu_models": cpus if cpus is not None else [
+            {"name": "qemu64", "runnable": True, "migration_safe": True},
+            {"name": "max", "runnable": True, "migration_safe": False},
+            {"name": "Icelake-Server", "runnable": False, "migration_safe": True}],
+        "migration_capabilities": CAPS_10 if caps is None else caps,
+        "accelerators": {"kvm": {"usable": kvm, "reason": "ok" if kvm else "/dev/kvm is missing"},
+                         "tcg": {"usable": True}},
+        "auto_accel": "kvm" if kvm else "tcg",
+        "memory": {"total_mb": memory, "available_mb": memory},
+        "state_transports": transports or (["exec", "file"] if version.startswith("10") else ["exec"]),
+    }
+
+
+QEMU_10 = [("pc-q35-10.0", "q35"), ("pc-q35-7.2", None), ("pc-i440fx-10.0", "pc"), ("pc-i440fx-7.2", None)]
+QEMU_72 = [("pc-q35-7.2", "q35"), ("pc-i440fx-7.2", "pc")]
+
+
+def request(source_facts=None, target_facts=None, machine="pc-q35-10.0", accel="tcg", disks=None, storage=None,
+            wishes=None, source_policy=None, target_policy=None, spec=None, address="198.18.0.102"):
+    source_facts = copy.deepcopy(source_facts or facts("10.0.2", QEMU_10))
+    source_facts["vms"] = {"web1": {"machine": machine, "accel": accel, "status": "running"}}
+    spec = {"memory_mb": 512, "vcpus": 1, "machine": "q35", "cpu_model": "qemu64", "accel": "auto",
+            "disks": [{"name": "root", "size_mb": 1024}] if disks is None else disks, **(spec or {})}
+    return {"vm": "web1", "spec": spec,
+            "source": {"name": "hv1", "facts": source_facts, "policy": source_policy, "address": "198.18.0.101"},
+            "target": {"name": "hv2", "facts": target_facts or facts("10.0.2", QEMU_10), "policy": target_policy,
+                       "address": address},
+            "storage": storage or {}, "wishes": wishes or {}}
+
+
+def reasons(plan, method):
+    return plan["methods"][method]["reasons"]
+
+
+# Each row: id, request, expected method, {method: a fragment expected in one of its reasons}.
+CASES = [
+    ("same QEMU, local disk", request(), "live-mirror",
+     {"live-shared": "disk root is local"}),
+    ("all disks shared", request(disks=[{"name": "root", "size_mb": 1, "shared": True}],
+                                 storage={"root": {"same_file": True}}), "live-shared",
+     {"live-mirror": "no local disk to mirror"}),
+    ("no disks at all", request(disks=[]), "live-shared", {"live-mirror": "no local disk"}),
+    ("same file found though not declared shared", request(storage={"root": {"same_file": True}}), "live-shared",
+     {}),
+    ("declared shared but not the same file", request(disks=[{"name": "root", "size_mb": 1, "shared": True}],
+                                                      storage={"root": {"same_file": False}}, wishes={"allow_cold": True}),
+     None, {"live-shared": "declared shared but is not the same file", "stateful": "declared shared",
+            "cold": "declared shared"}),
+    ("10.0 -> 7.2 with a machine type both know", request(target_facts=facts("7.2.0", QEMU_72),
+                                                          machine="pc-q35-7.2"), "live-mirror", {}),
+    ("10.0-only machine type to 7.2, cold not allowed", request(target_facts=facts("7.2.0", QEMU_72)), None,
+     {"live-mirror": "QEMU 7.2.0 on hv2 has no machine type pc-q35-10.0",
+      "stateful": "QEMU 7.2.0 on hv2 has no machine type pc-q35-10.0", "cold": "needs livemig_allow_cold=true"}),
+    ("10.0-only machine type to 7.2, cold allowed", request(target_facts=facts("7.2.0", QEMU_72),
+                                                            wishes={"allow_cold": True}), "cold",
+     {"stateful": "no machine type pc-q35-10.0"}),
+    ("versioned 10.0 machine in the spec: not even cold",
+     request(target_facts=facts("7.2.0", QEMU_72), spec={"machine": "pc-q35-10.0"}, wishes={"allow_cold": True}),
+     None, {"cold": "QEMU 7.2.0 on hv2 has no machine type pc-q35-10.0"}),
+    ("KVM guest, no KVM on the target", request(accel="kvm", wishes={"allow_cold": True}), "cold",
+     {"live-mirror": "KVM is not usable on hv2", "stateful": "KVM is not usable on hv2"}),
+    ("KVM guest, KVM spec, no KVM anywhere", request(accel="kvm", spec={"accel": "kvm"}, wishes={"allow_cold": True}),
+     None, {"cold": "KVM is not usable on hv2"}),
+    ("CPU model missing on the target", request(spec={"cpu_model": "EPYC-Genoa"}), None,
+     {"live-mirror": "has no CPU model EPYC-Genoa", "stateful": "has no CPU model EPYC-Genoa"}),
+    ("CPU model not runnable on the target", request(spec={"cpu_model": "Icelake-Server"}), None,
+     {"live-mirror": "not runnable on hv2"}),
+    ("CPU model not migration-safe: only cold", request(spec={"cpu_model": "max"}, wishes={"allow_cold": True}), "cold",
+     {"live-mirror": "not migration-safe", "stateful": "not migration-safe"}),
+    ("not enough memory on the target", request(target_facts=facts("10.0.2", QEMU_10, memory=256),
+                                                wishes={"allow_cold": True}), None,
+     {"live-mirror": "needs 512 MiB", "stateful": "needs 512 MiB", "cold": "has only 256 MiB"}),
+    ("no migration address", request(address=""), None,
+     {"live-mirror": "no migration address", "stateful": "no migration address"}),
+    ("no migration address, all shared: cold needs no copy", request(
+        address="", disks=[{"name": "root", "size_mb": 1, "shared": True}], storage={"root": {"same_file": True}},
+        wishes={"allow_cold": True}), "cold", {"live-shared": "no migration address"}),
+    ("source lacks pause-before-switchover: falls back to stateful",
+     request(source_facts=facts("2.10", QEMU_10, caps=CAPS_OLD)),
+     "stateful", {"live-mirror": "lacks the pause-before-switchover capability"}),
+    ("target lacks events", request(target_facts=facts("10.0.2", QEMU_10, caps=["xbzrle"])), "stateful",
+     {"live-mirror": "QEMU 10.0.2 on hv2 lacks the events capability"}),
+    ("no fallback allowed", request(source_facts=facts("2.10", QEMU_10, caps=CAPS_OLD),
+                                    wishes={"allow_fallback": False}), None,
+     {"stateful": "livemig_allow_fallback is false"}),
+    ("stateful asked for", request(wishes={"method": "stateful"}), "stateful",
+     {"live-mirror": "not tried: livemig_method is stateful"}),
+    ("cold asked for", request(wishes={"method": "cold"}), "cold", {"stateful": "not tried: livemig_method is cold"}),
+    ("live asked for, no fallback, live works", request(wishes={"method": "live", "allow_fallback": False}),
+     "live-mirror", {}),
+    ("target refuses live by policy", request(target_policy={"methods": ["stateful", "cold"]}), "stateful",
+     {"live-mirror": "live migration disabled by host policy on hv2"}),
+    ("source refuses everything but cold", request(source_policy={"methods": ["cold"]}, wishes={"allow_cold": True}),
+     "cold", {"stateful": "stateful migration disabled by host policy on hv1"}),
+]
+
+
+@pytest.mark.parametrize("req,method,expected", [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_plan_table(req, method, expected):
+    plan = make_plan(req)
+    assert plan["method"] == method, plan["summary"]
+    assert plan["possible"] is (method is not None)
+    if method:
+        assert plan["methods"][method]["possible"] and plan["methods"][method]["reasons"] == []
+    for other, fragment in expected.items():
+        verdict = plan["methods"][other]
+        text = " | ".join(verdict["reasons"] + [verdict["not_tried"]])
+        assert fragment in text, (other, text)
+        assert f"  {other}: " in "\n".join(plan["summary"])
+
+
+def test_methods_are_tried_in_order_and_only_when_allowed():
+    plan = make_plan(request(wishes={"method": "stateful", "allow_cold": True}))
+    assert [m for m, v in plan["methods"].items() if v["tried"]] == ["stateful", "cold"]
+    assert plan["method"] == "stateful"
+    plan = make_plan(request(wishes={"method": "stateful", "allow_fallback": False, "allow_cold": True}))
+    assert [m for m, v in plan["methods"].items() if v["tried"]] == ["stateful"]
+
+
+def test_cold_resolves_the_spec_machine_on_the_target():
+    plan = make_plan(request(target_facts=facts("7.2.0", QEMU_72), wishes={"allow_cold": True}))
+    assert (plan["machine"], plan["accel"]) == ("pc-q35-7.2", "tcg")
+    assert plan["disks"] == [{"name": "root", "format": "qcow2", "shared": False, "action": "copy",
+                              "reason": "disk root is local to the source"}]
+    assert plan["transport"] == {"kind": "restart", "copy": "nbd", "address": "198.18.0.102"}
+
+
+def test_live_keeps_the_pinned_machine_and_mirrors():
+    plan = make_plan(request(target_facts=facts("7.2.0", QEMU_72), machine="pc-q35-7.2"))
+    assert (plan["machine"], plan["accel"], plan["cpu_model"]) == ("pc-q35-7.2", "tcg", "qemu64")
+    assert plan["disks"][0]["action"] == "mirror"
+    assert plan["transport"] == {"kind": "tcp", "address": "198.18.0.102", "disks": "nbd"}
+    assert plan["versions"] == {"hv1": "10.0.2", "hv2": "7.2.0"}
+
+
+def test_stateful_transport_follows_each_qemu():
+    plan = make_plan(request(target_facts=facts("7.2.0", QEMU_72), machine="pc-q35-7.2",
+                             wishes={"method": "stateful"}))
+    assert plan["transport"]["save"] == "file" and plan["transport"]["load"] == "exec"
+    assert plan["disks"][0]["action"] == "copy"
+    assert plan["capabilities"]["source"] == [] and plan["capabilities"]["target"] == []
+
+
+def test_detected_shared_disk_is_shared_in_the_move_spec():
+    plan = make_plan(request(storage={"root": {"same_file": True}}))
+    assert plan["spec"]["disks"] == [{"name": "root", "size_mb": 1024, "shared": True}]
+    assert "shared storage detected" in plan["disks"][0]["reason"]
+    assert plan["disks"][0]["action"] == "shared"
+
+
+def test_capabilities_intersection_policy_and_wishes():
+    target = facts("10.0.2", QEMU_10, caps=["events", "multifd", "postcopy-ram", "return-path"])
+    plan = make_plan(request(target_facts=target,
+                             target_policy={"deny_capabilities": ["postcopy-ram"]},
+                             wishes={"capabilities": ["multifd", "postcopy-ram", "auto-converge", "xbzrle"],
+                                     "capabilities_deny": ["return-path"]}))
+    caps = plan["capabilities"]
+    assert caps["usable"] == ["multifd", "auto-converge"]
+    assert caps["unusable"] == {"postcopy-ram": "postcopy-ram disabled by host policy on hv2",
+                                "xbzrle": "xbzrle not supported by QEMU 10.0.2 on hv2",
+                                "return-path": "return-path denied by livemig_capabilities_deny"}
+    assert caps["source"] == ["auto-converge", "events", "multifd", "pause-before-switchover"]
+    assert caps["target"] == ["events", "multifd"], "auto-converge is the source's business only"
+    assert "  postcopy-ram disabled by host policy on hv2" in plan["summary"]
+
+
+def test_capabilities_allow_list():
+    caps = make_plan(request(wishes={"capabilities_allow": ["multifd"]}))["capabilities"]
+    assert caps["usable"] == ["multifd"]
+    assert caps["unusable"]["postcopy-ram"] == "postcopy-ram not in livemig_capabilities_allow"
+
+
+def test_live_shared_needs_no_pause_before_switchover():
+    plan = make_plan(request(disks=[]))
+    assert plan["capabilities"]["source"] == ["events"]
+
+
+def test_summary_of_an_impossible_plan_lists_every_reason():
+    plan = make_plan(request(target_facts=facts("7.2.0", QEMU_72, memory=128)))
+    text = "\n".join(plan["summary"])
+    assert "no method is possible" in plan["summary"][0]
+    for fragment in ("no machine type pc-q35-10.0", "needs 512 MiB", "livemig_allow_cold"):
+        assert fragment in text
+
+
+@pytest.mark.parametrize("wishes,policy,message", [
+    ({"method": "teleport"}, None, "livemig_method must be one of"),
+    ({"allow_fallback": "yes"}, None, "livemig_allow_fallback must be true or false"),
+    ({"capabilities": ["warp"]}, None, "unknown capabilities ['warp']"),
+    ({"capabilities_deny": "postcopy-ram"}, None, "must be a list of names"),
+    ({"colour": "blue"}, None, "unknown wishes"),
+    ({}, {"methods": ["teleport"]}, "livemig_host_policy.methods of hv2"),
+    ({}, {"deny": ["postcopy-ram"]}, "livemig_host_policy of hv2 must be a dict"),
+    ({}, "no", "livemig_host_policy of hv2 must be a dict"),
+])
+def test_bad_wishes_and_policies_are_named(wishes, policy, message):
+    with pytest.raises(PlanError, match=None) as error:
+        make_plan(request(wishes=wishes, target_policy=policy))
+    assert message in str(error.value)
