@@ -44,8 +44,11 @@ def test_unknown_target_host(lab, running_vm):
 
 
 def test_memory_larger_than_target_has(lab, running_vm):
-    huge = lab.define_vm("badinput-huge", "idle", memory_mb=64 * 1024 * 1024)
-    refused(lab, running_vm, "MiB of memory but hv2 has only", livemig_vm=huge)
+    lab.define_vm(running_vm, "idle", memory_mb=64 * 1024 * 1024)  # the inventory now asks for 64 TiB
+    try:
+        refused(lab, running_vm, "the VM needs 67108864 MiB of memory but hv2 has only")
+    finally:
+        lab.define_vm(running_vm, "idle")
 
 
 def test_target_already_runs_the_vm(lab, running_vm):
@@ -85,7 +88,7 @@ def test_check_mode_changes_nothing(lab, running_vm):
     before = lab.files(running_vm)
     result = lab.play("migrate", check=True, livemig_vm=running_vm, livemig_source="hv1", livemig_target="hv2")
     assert not result.failed, result.output
-    assert "Check mode: would live-migrate" in result.output
+    assert "Check mode: would move" in result.output and "by live-mirror" in result.output
     assert result.changed == 0, result.output
     assert lab.files(running_vm) == before
     assert lab.pid("hv2", running_vm) is None
