@@ -14,7 +14,7 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "harness"))
 from lab import Lab, build_guest, lab_up  # noqa: E402
-from measure import medians, one_run, show  # noqa: E402
+from measure import medians, series, show  # noqa: E402
 
 
 def main() -> int:
@@ -29,7 +29,8 @@ def main() -> int:
     lab = Lab(build_guest(), tempfile.mkdtemp(prefix="livemig-demo-"))
     runs = []
     for index in range(options.runs):
-        run = one_run(lab, f"demo-{options.workload}-{index + 1}", options.workload, livemig_method=options.method)
+        run = series(lab, f"demo-{options.workload}-{index + 1}", options.workload, 1,
+                     livemig_method=options.method)[0]
         show(f"run {index + 1} of {options.runs}: {options.workload} workload, {run['method']}, hv1 -> hv2", run)
         runs.append(run)
     middle = medians(runs)

@@ -53,6 +53,7 @@ class ConvergenceSettings:
     cpu_throttle_initial: int = 20  # QEMU's defaults for the three throttle parameters
     cpu_throttle_increment: int = 10
     max_cpu_throttle: int = 99  # the user's ceiling
+    ceiling_grace_seconds: float = 30.0  # how long the throttle may work at the ceiling before it counts as spent
     postcopy: bool = False  # postcopy-ram was on at the start, on both sides
     postcopy_after_passes: int = 0  # > 0: start post-copy once this many passes are done
     escalate: bool = True  # False: never act (the QEMU defaults policy)
@@ -82,6 +83,7 @@ class ConvergencePolicy:
         self.throttle_increment = settings.cpu_throttle_increment
         self.throttle_allowed = settings.max_cpu_throttle <= settings.cpu_throttle_initial
         self.throttle_exhausted = not settings.auto_converge
+        self._ceiling_since: float | None = None
         self.done = False  # post-copy started or abort given: nothing more to decide
         self.actions: list[tuple[float, Action]] = []
         self._pass: int | None = None  # the pass in progress and the largest remaining seen in it
@@ -157,7 +159,7 @@ class ConvergencePolicy:
             self.downtime_ms = min(settings.max_downtime_ms, int(self.downtime_ms * settings.downtime_factor))
             return [SetParameters({"downtime-limit": self.downtime_ms}, why)]
         if not self.throttle_exhausted:
-            actions = self._throttle_harder(sample.get("throttle") or 0, why)
+            actions = self._throttle_harder(sample, why)
             if actions is not None:
                 return actions
         if settings.postcopy:
@@ -168,14 +170,21 @@ class ConvergencePolicy:
                       f"({why}; downtime limit {self.downtime_ms} ms{throttle}); "
                       "allow post-copy or raise livemig_max_downtime_ms")]
 
-    def _throttle_harder(self, throttle: int, why: str) -> list[Action] | None:
+    def _throttle_harder(self, sample: dict[str, Any], why: str) -> list[Action] | None:
         """The next auto-converge step ([] to wait for QEMU), or None once throttling is exhausted."""
-        ceiling = self.settings.max_cpu_throttle
+        ceiling, throttle = self.settings.max_cpu_throttle, sample.get("throttle") or 0
+        if throttle >= ceiling:
+            # The last steps matter most (under TCG even 80 % leaves a guest enough CPU to dirty 128 MiB/s):
+            # give the full throttle a while before calling it exhausted.
+            self._ceiling_since = self._ceiling_since if self._ceiling_since is not None else sample["t"]
+            if sample["t"] - self._ceiling_since < self.settings.ceiling_grace_seconds:
+                return []
         if not self.throttle_allowed:
             self.throttle_allowed, self._throttle_mark = True, throttle
             return [SetParameters({"max-cpu-throttle": ceiling}, why)]
-        if self._throttle_mark < throttle < ceiling:
-            self._throttle_mark = throttle  # QEMU is still throttling harder by itself: give it time
+        if self._throttle_mark < throttle:
+            # QEMU is still throttling harder by itself, or has just reached the ceiling: give that time to show
+            self._throttle_mark = throttle
             return []
         if throttle < ceiling and self.throttle_increment < THROTTLE_INCREMENT_CAP:
             self.throttle_increment = min(THROTTLE_INCREMENT_CAP, self.throttle_increment * 2)

@@ -5,28 +5,95 @@
 Private to the livemig.qemu collection. Everything from the source STOP to the
 end of the switchover happens here, in one process reacting to events: no
 Ansible task boundary and no poll interval sits inside the downtime.
+
+Once a second it samples query-migrate and the disk mirror jobs, writes the
+sample to a progress file, shares a bandwidth cap between RAM and the mirrors,
+and lets the convergence policy (`_convergence`) raise the downtime limit,
+throttle the guest, switch to post-copy or give up.
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _mirror
+from ansible_collections.livemig.qemu.plugins.module_utils._convergence import (
+    MIB, MIN_EXPECTED_RATE, Abort, Action, ConvergencePolicy, SetParameters, StartPostcopy, completion_timeout,
+    make_policy, mib_s)
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession, event_time
 
-UNLIMITED_BANDWIDTH = 1 << 40  # bytes/s; QEMU's own default cap is 128 MiB/s
-ACTIVE = ("setup", "active", "cancelling", "pre-switchover", "device", "wait-unplug",
-          "postcopy-active", "postcopy-paused", "postcopy-recover")
-EVENTS = ("MIGRATION", "MIGRATION_PASS", "STOP", "RESUME", "BLOCK_JOB_ERROR", *_mirror.JOB_END_EVENTS)
-
-
+UNLIMITED_BANDWIDTH = 1 << 40  # bytes/s
+QEMU_DEFAULT_BANDWIDTH = 128 * MIB  # QEMU's own max-bandwidth
+# QEMU's defaults, set at every start so that a throttle raised by an earlier run does not carry over.
+THROTTLE_DEFAULTS = {"cpu-throttle-initial": 20, "cpu-throttle-increment": 10, "max-cpu-throttle": 99}
+POSTCOPY = ("postcopy-active", "postcopy-paused", "postcopy-recover-setup", "postcopy-recover")
+ACTIVE = ("setup", "active", "cancelling", "pre-switchover", "device", "wait-unplug", *POSTCOPY)
+EVENTS = ("MIGRATION", "MIGRATION_PASS", "STOP", "RESUME", "BLOCK_JOB_READY", "BLOCK_JOB_ERROR",
+          *_mirror.JOB_END_EVENTS)
 PAUSED = ("paused", "finish-migrate", "postmigrate")
+PHASES = ("mirror-sync", "pre-copy", "switchover", "post-copy")
+SAMPLE_KEYS = ("t", "phase", "status", "remaining", "total", "transferred", "mbps", "dirty_rate", "passes",
+               "throttle", "expected_downtime", "downtime_limit_ms", "disk_remaining", "disk_total")
+# The state machine sets these itself, from MigrationSettings.max_bandwidth and downtime_limit_ms.
+MANAGED_PARAMETERS = {"max-bandwidth": "max_bandwidth", "downtime-limit": "downtime_limit_ms"}
+UNREPORTED_PARAMETERS = ("block-bitmap-mapping",)  # settable, but absent from query-migrate-parameters until set
+SHARE_FLOOR = 0.10  # RAM keeps at least this part of a bandwidth cap the disk mirrors share
+SHARE_STEP = 0.10  # max-bandwidth changes only when the share moves by more than this
+PROGRESS_ACTIONS = 5  # the last actions a progress file shows
+POSTCOPY_RECOVERY = ("the guest's memory is split between the two hosts: recover it by resuming the post-copy "
+                     "(migrate-recover on the target, then migrate with resume=true on the source) once the link "
+                     "is back; never resume the source")
+
+
+class RequestError(ValueError):
+    """Capabilities or parameters this QEMU does not know, or that must be given another way."""
+
+
+def check_request(session: QMPSession, capabilities: list[str], parameters: dict[str, Any],
+                  managed: dict[str, str] | None = None) -> dict[str, Any]:
+    """Check names against what QEMU reports; the parameters with numbers and booleans given as strings converted."""
+    known_capabilities = [item["capability"] for item in session.execute("query-migrate-capabilities")]
+    current = session.execute("query-migrate-parameters")
+    problems = []
+    unknown = sorted(set(capabilities) - set(known_capabilities))
+    if unknown:
+        problems.append(f"unknown migration capabilities {', '.join(unknown)} "
+                        f"(this QEMU knows {', '.join(sorted(known_capabilities))})")
+    unknown = sorted(set(parameters) - set(current) - set(UNREPORTED_PARAMETERS))
+    if unknown:
+        problems.append(f"unknown migration parameters {', '.join(unknown)} "
+                        f"(this QEMU knows {', '.join(sorted([*current, *UNREPORTED_PARAMETERS]))})")
+    for name, option in (managed or {}).items():
+        if name in parameters:
+            problems.append(f"set {name} with the option {option}, not in parameters")
+    if problems:
+        raise RequestError("; ".join(problems))
+    return {name: _coerce(value, current.get(name)) for name, value in parameters.items()}
+
+
+def _coerce(value: Any, like: Any) -> Any:
+    """A value templated into a string, back to the type QEMU reports for the parameter."""
+    if not isinstance(value, str):
+        return value
+    if isinstance(like, bool):
+        return {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}.get(
+            value.lower(), value)
+    if isinstance(like, int) and value.strip().isdigit():
+        return int(value)
+    return value
 
 
 def cancel_migration(session: QMPSession, timeout: float = 30.0) -> bool:
     """Cancel a migration in progress and wait until QEMU has stopped it; True if there was one."""
-    if session.execute("query-migrate").get("status") not in ACTIVE:
+    status = session.execute("query-migrate").get("status")
+    if status in POSTCOPY:
+        raise QMPError(f"the migration is {status}: cancelling it would lose the guest; {POSTCOPY_RECOVERY}",
+                       "migrate_cancel")
+    if status not in ACTIVE:
         return False
     session.execute("migrate_cancel")
     deadline = time.monotonic() + timeout
@@ -41,8 +108,25 @@ def resume_if_paused(session: QMPSession) -> bool:
     """Resume a source the migration left paused. Only when the target provably never ran."""
     if session.execute("query-status")["status"] not in PAUSED:
         return False
+    status = session.execute("query-migrate").get("status")
+    if status in POSTCOPY:
+        raise QMPError(f"the migration is {status}: the target runs the guest; {POSTCOPY_RECOVERY}", "cont")
     session.execute("cont")
     return True
+
+
+def shared_bandwidth(cap: int, mirror_rate: float) -> int:
+    """RAM's part of a bandwidth cap it shares with the disk mirrors: what they leave, never under a tenth."""
+    return int(max(cap - mirror_rate, cap * SHARE_FLOOR))
+
+
+def write_progress(path: str, data: dict[str, Any]) -> None:
+    """Replace the progress file atomically: a reader sees the old or the new content, never half of one."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+    os.replace(temporary, path)
 
 
 class MigrationFailed(Exception):
@@ -60,24 +144,42 @@ class MigrationFailed(Exception):
 class MigrationSettings:
     uri: str
     mirrored_nodes: list[str] = field(default_factory=list)
-    max_bandwidth: int = 0
-    downtime_limit_ms: int = 300
-    capabilities: dict[str, bool] = field(default_factory=dict)
+    max_bandwidth: int = 0  # bytes/s for RAM and the disk mirrors together; 0: no cap
+    downtime_limit_ms: int = 300  # the policy's target (auto), or the fixed limit (defaults)
+    convergence: str = "auto"  # defaults | auto | postcopy-early
+    capabilities: list[str] = field(default_factory=list)  # switched on besides events (and the pause)
     parameters: dict[str, Any] = field(default_factory=dict)
-    timeout: float = 3600.0
+    timeout: float = 3600.0  # the caller's limit; a smaller one scaled to the VM's size may apply
     stall_timeout: float = 60.0
     switchover_timeout: float = 60.0
     sample_interval: float = 1.0
+    progress_path: str | None = None
+    policy_overrides: dict[str, Any] = field(default_factory=dict)  # ConvergenceSettings fields (tests, tuning)
+    timeout_base_s: float = 60.0  # the size-scaled limit: base + size / rate
+    timeout_min_rate: float = MIN_EXPECTED_RATE
 
 
-def sample(info: dict[str, Any], elapsed: float) -> dict[str, Any]:
-    """One point of the progress history, from a query-migrate answer."""
+def sample(info: dict[str, Any], elapsed: float, phase: str = "pre-copy", downtime_limit_ms: int | None = None,
+           disk: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+    """One point of the progress history, from a query-migrate answer and (remaining, total) of the disk mirrors."""
     ram = info.get("ram", {})
     page_size = ram.get("page-size", 4096)
-    return {"t": round(elapsed, 3), "status": info.get("status"),
-            "remaining": ram.get("remaining"), "transferred": ram.get("transferred"),
+    return {"t": round(elapsed, 3), "phase": phase, "status": info.get("status"),
+            "remaining": ram.get("remaining"), "total": ram.get("total"), "transferred": ram.get("transferred"),
             "mbps": ram.get("mbps"), "dirty_rate": ram.get("dirty-pages-rate", 0) * page_size,
-            "passes": ram.get("dirty-sync-count"), "throttle": info.get("cpu-throttle-percentage", 0)}
+            "passes": ram.get("dirty-sync-count"), "throttle": info.get("cpu-throttle-percentage", 0),
+            "expected_downtime": info.get("expected-downtime"), "downtime_limit_ms": downtime_limit_ms,
+            "disk_remaining": disk[0], "disk_total": disk[1]}
+
+
+def describe(action: dict[str, Any]) -> str:
+    """One line for a person: '12.0s downtime-limit=200 (why)'."""
+    if action["action"] == "set-parameters":
+        what = " ".join(f"{name}={mib_s(value) if name == 'max-bandwidth' else value}"
+                        for name, value in action["parameters"].items())
+    else:
+        what = action["action"]
+    return f"{action['t']:.1f}s {what} ({action['reason']})"
 
 
 class SourceMigration:
@@ -89,56 +191,212 @@ class SourceMigration:
         self.phase = "setup"
         self.history: list[dict[str, Any]] = []
         self.marks: dict[str, float] = {}
+        self.actions: list[dict[str, Any]] = []  # what the policy and the bandwidth share did, in order
+        self.policy: ConvergencePolicy | None = None
+        self.parameters: dict[str, Any] = {}
+        self.timeout = settings.timeout
+        self.timeout_limit = "timeout option"
+        self._timeout_text = f"the timeout option ({settings.timeout:g}s)"
+        self.downtime_limit_ms: int | None = None
+        self.bandwidth: int | None = None
         self._started = 0.0
-        self._continued = False
+        self._epoch = 0.0
+        self._continued = False  # migrate-continue sent: the device state may reach the target
+        self._postcopy_requested = False
+        self._postcopy = False  # QEMU entered post-copy: the source must never run again
+        self._cancelled_elsewhere = False
+        self._mirrors_done = False
+        self._disk_total = 0
+        self._mirror_mark: tuple[float, int] | None = None
+        self._latest: dict[str, Any] | None = None
+
+    # -- the sequence ------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
         self._started = time.monotonic()
+        self._epoch = time.time()  # history times are seconds since the start; the progress file's are epoch
         status = self.session.execute("query-migrate").get("status")
-        if status in ACTIVE:
+        if status in ACTIVE:  # someone else's migration: touch nothing, not even the progress file
             raise MigrationFailed("setup", f"a migration is already {status} on this VM", True)
-        with self.session.subscribe(EVENTS) as events:
-            try:
-                self._configure()
-                self.phase = "pre-copy"
-                self.session.execute("migrate", {"uri": self.settings.uri})
-                self._follow(events)
-            except (QMPError, MigrationFailed) as exc:
-                raise self._rollback(exc) from exc
+        try:
+            self._check_request()
+            with self.session.subscribe(EVENTS) as events:
+                try:
+                    self._limit_time()
+                    self._wait_mirrors(events)
+                    self._configure()
+                    self.phase = "pre-copy"
+                    self.session.execute("migrate", {"uri": self.settings.uri})
+                    self._follow(events)
+                except (QMPError, MigrationFailed) as exc:
+                    raise self._rollback(exc) from exc
+        except MigrationFailed as failure:
+            self._finish("cancelled" if self._cancelled_elsewhere else "failed", str(failure))
+            raise
         self._settled_status()  # the run state follows the completed event: leave with it at postmigrate
-        return self._statistics()
+        statistics = self._statistics()
+        self._finish("completed", self._summary(statistics))
+        return statistics
+
+    def _check_request(self) -> None:
+        """Refuse what cannot work before changing anything."""
+        settings = self.settings
+        try:
+            self.parameters = check_request(self.session, settings.capabilities, settings.parameters,
+                                            MANAGED_PARAMETERS)
+            throttle = {**THROTTLE_DEFAULTS, **self.parameters}
+            self.policy = make_policy(
+                settings.convergence, max_downtime_ms=settings.downtime_limit_ms,
+                auto_converge="auto-converge" in settings.capabilities,
+                postcopy="postcopy-ram" in settings.capabilities,
+                max_cpu_throttle=throttle["max-cpu-throttle"], cpu_throttle_initial=throttle["cpu-throttle-initial"],
+                cpu_throttle_increment=throttle["cpu-throttle-increment"], **settings.policy_overrides)
+        except (ValueError, TypeError, QMPError) as exc:
+            raise MigrationFailed("setup", str(exc), True) from exc
+
+    def _limit_time(self) -> None:
+        """The caller's timeout, or a smaller one scaled to the RAM and disks to move."""
+        settings = self.settings
+        summary = self.session.execute("query-memory-size-summary")
+        ram = summary.get("base-memory", 0) + summary.get("plugged-memory", 0)
+        disk = sum(job.get("len", 0) for job in self._jobs().values())
+        rate = settings.timeout_min_rate
+        if settings.max_bandwidth:
+            rate = min(rate, settings.max_bandwidth / 2)  # a capped link is slow on purpose
+        scaled = completion_timeout(ram, disk, absolute_s=float("inf"), base_s=settings.timeout_base_s,
+                                    min_rate=rate)
+        if settings.timeout <= scaled:
+            self.timeout, self.timeout_limit = settings.timeout, "timeout option"
+            self._timeout_text = f"the timeout option ({settings.timeout:g}s)"
+        else:
+            self.timeout, self.timeout_limit = scaled, "size-scaled"
+            self._timeout_text = (f"the limit scaled to the VM's size ({scaled:.1f}s: {settings.timeout_base_s:g}s + "
+                                  f"{ram / MIB:.0f} MiB RAM and {disk / MIB:.0f} MiB disk at {mib_s(rate)}; "
+                                  "on a slower link set max_bandwidth to its rate)")
+
+    def _wait_mirrors(self, events: Any) -> None:
+        """Every disk mirror must exist; wait (sampling as phase mirror-sync) until all are READY."""
+        nodes = self.settings.mirrored_nodes
+        if not nodes:
+            return
+        self.phase = "mirror-sync"
+        deadline = self._started + self.timeout
+        while True:
+            jobs = self._jobs()
+            for node in nodes:
+                job = jobs.get(_mirror.job_id(node))
+                if job is None or job.get("status") in ("aborting", "concluded", "null"):
+                    raise MigrationFailed("setup", f"the disk mirror of {node} is not ready: "
+                                          f"{'no mirror job' if job is None else 'its job is ' + job['status']}",
+                                          True)
+            if all(job.get("ready") for job in jobs.values()):
+                return
+            now = time.monotonic()
+            self._record(sample({}, now - self._started, self.phase, None, self._disk_figures(jobs)))
+            if now > deadline:
+                raise MigrationFailed(self.phase, self._timeout_message(), True)
+            event = events.get(min(self.settings.sample_interval, max(deadline - now, 0.01)))
+            if event is not None:
+                self._handle(event)
 
     def _configure(self) -> None:
-        capabilities = {**self.settings.capabilities, "events": True}
-        if self.settings.mirrored_nodes:
-            capabilities["pause-before-switchover"] = True  # the mirrors are finished at that pause
-        capabilities.setdefault("pause-before-switchover", False)
+        """Exactly these capabilities (left-overs of an earlier run switched off), then the parameters."""
+        settings = self.settings
+        wanted = {name: True for name in settings.capabilities}
+        wanted["events"] = True
+        wanted.setdefault("pause-before-switchover", bool(settings.mirrored_nodes))  # mirrors finish at the pause
+        for item in self.session.execute("query-migrate-capabilities"):
+            if item["state"] and item["capability"] not in wanted:
+                wanted[item["capability"]] = False
         self.session.execute("migrate-set-capabilities", {"capabilities": [
-            {"capability": name, "state": state} for name, state in sorted(capabilities.items())]})
-        parameters = {"max-bandwidth": self.settings.max_bandwidth or UNLIMITED_BANDWIDTH,
-                      "downtime-limit": self.settings.downtime_limit_ms, **self.settings.parameters}
+            {"capability": name, "state": state} for name, state in sorted(wanted.items())]})
+        parameters = self._start_parameters()
         self.session.execute("migrate-set-parameters", parameters)
-        for node in self.settings.mirrored_nodes:
-            job = _mirror.find_job(self.session, _mirror.job_id(node))
-            if job is None or not job.get("ready"):
-                raise MigrationFailed("setup", f"the disk mirror of {node} is not ready", True)
+        self.downtime_limit_ms = parameters["downtime-limit"]
+        self.bandwidth = parameters["max-bandwidth"]
+        offsets = sum(job.get("offset", 0) for job in self._jobs().values())
+        self._mirror_mark = (time.monotonic() - self._started, offsets)
+
+    def _start_parameters(self) -> dict[str, Any]:
+        """Ours, then the caller's, then the policy's starting point (merged last)."""
+        settings = self.settings
+        cap = settings.max_bandwidth
+        uncapped = QEMU_DEFAULT_BANDWIDTH if settings.convergence == "defaults" else UNLIMITED_BANDWIDTH
+        ours = {"max-bandwidth": cap or uncapped, "downtime-limit": settings.downtime_limit_ms,
+                "max-postcopy-bandwidth": cap, **THROTTLE_DEFAULTS}
+        return {**ours, **self.parameters, **self.policy.initial_parameters()}
 
     def _follow(self, events: Any) -> None:
-        deadline = self._started + self.settings.timeout
+        deadline = self._started + self.timeout
         next_sample = time.monotonic()
         while True:
             now = time.monotonic()
             if now >= next_sample:
-                self.history.append(sample(self.session.execute("query-migrate"), now - self._started))
+                self._observe(now)
                 next_sample = now + self.settings.sample_interval
-                self._check_stall(now)
             if now > deadline:
-                raise MigrationFailed(self.phase, f"not complete after {self.settings.timeout:.0f}s", True)
+                raise MigrationFailed(self.phase, self._timeout_message(), True)
             event = events.get(min(next_sample, deadline) - time.monotonic())
             if event is None:
                 continue
             if self._handle(event):
                 return
+
+    def _timeout_message(self) -> str:
+        return f"not complete after {time.monotonic() - self._started:.1f}s, the limit set by {self._timeout_text}"
+
+    # -- once a second -----------------------------------------------------------------------------
+
+    def _observe(self, now: float) -> None:
+        """Sample, record, share the bandwidth, ask the policy; fail on a stall."""
+        info = self.session.execute("query-migrate")
+        jobs = self._jobs()
+        if info.get("status") in POSTCOPY:
+            self._enter_postcopy()
+        if info.get("status") == "postcopy-paused":
+            self._postcopy_paused(info)
+        point = sample(info, now - self._started, self.phase, self.downtime_limit_ms, self._disk_figures(jobs))
+        self._record(point)
+        if self.phase == "pre-copy" and point["status"] == "active":
+            self._share_bandwidth(point, jobs)
+            for action in self.policy.observe(point):
+                self._apply(point["t"], action)
+        self._check_stall(now)
+
+    def _record(self, point: dict[str, Any]) -> None:
+        self.history.append(point)
+        self._latest = point
+        self._write_progress({**point, "finished": False, "policy_actions": self._recent_actions()})
+
+    def _share_bandwidth(self, point: dict[str, Any], jobs: dict[str, dict[str, Any]]) -> None:
+        """A bandwidth cap holds for RAM and disk together: RAM gets what the mirrors leave of it."""
+        cap = self.settings.max_bandwidth
+        if not cap or not self.settings.mirrored_nodes:
+            return
+        offset = sum(job.get("offset", 0) for job in jobs.values())
+        previous, self._mirror_mark = self._mirror_mark, (point["t"], offset)
+        if previous is None or point["t"] <= previous[0]:
+            return
+        rate = max(offset - previous[1], 0) / (point["t"] - previous[0])
+        wanted = shared_bandwidth(cap, rate)
+        if abs(wanted - self.bandwidth) > self.bandwidth * SHARE_STEP:
+            self._apply(point["t"], SetParameters({"max-bandwidth": wanted},
+                                                  f"the disk mirrors use {mib_s(rate)} of the {mib_s(cap)} cap"))
+
+    def _apply(self, t: float, action: Action) -> None:
+        if isinstance(action, SetParameters):
+            self.session.execute("migrate-set-parameters", action.parameters)
+            self.downtime_limit_ms = action.parameters.get("downtime-limit", self.downtime_limit_ms)
+            self.bandwidth = action.parameters.get("max-bandwidth", self.bandwidth)
+            self.actions.append({"t": t, "action": "set-parameters", "parameters": dict(action.parameters),
+                                 "reason": action.reason})
+        elif isinstance(action, StartPostcopy):
+            self.actions.append({"t": t, "action": "start-postcopy", "reason": action.reason})
+            self.session.execute("migrate-start-postcopy")
+            self._postcopy_requested = True
+        elif isinstance(action, Abort):
+            self.actions.append({"t": t, "action": "abort", "reason": action.message})
+            raise MigrationFailed(self.phase, action.message, True)
 
     def _check_stall(self, now: float) -> None:
         """Fail when no RAM moves for stall_timeout seconds: a dead link never errors by itself."""
@@ -151,6 +409,22 @@ class SourceMigration:
             raise MigrationFailed(self.phase, f"no data moved for {self.settings.stall_timeout:g}s "
                                   "(is the migration link down?)", True)
 
+    def _jobs(self) -> dict[str, dict[str, Any]]:
+        """Our mirror jobs by id (none once they are finished)."""
+        if not self.settings.mirrored_nodes or self._mirrors_done:
+            return {}
+        ours = {_mirror.job_id(node) for node in self.settings.mirrored_nodes}
+        return {job["device"]: job for job in self.session.execute("query-block-jobs") if job["device"] in ours}
+
+    def _disk_figures(self, jobs: dict[str, dict[str, Any]]) -> tuple[int, int]:
+        """(bytes the mirrors still have to copy, bytes they cover)."""
+        if self._mirrors_done or not jobs:
+            return 0, self._disk_total
+        self._disk_total = sum(job.get("len", 0) for job in jobs.values())
+        return sum(max(job.get("len", 0) - job.get("offset", 0), 0) for job in jobs.values()), self._disk_total
+
+    # -- events ------------------------------------------------------------------------------------
+
     def _handle(self, event: dict[str, Any]) -> bool:
         """React to one event; True when the migration has completed."""
         name, data = event["event"], event.get("data", {})
@@ -160,37 +434,72 @@ class SourceMigration:
             status = data["status"]
             if status == "pre-switchover":
                 self._switchover()
+            elif status == "postcopy-active":
+                self.marks.setdefault("postcopy", event_time(event))
+                self._enter_postcopy()
+            elif status == "postcopy-paused":
+                self._enter_postcopy()
+                self._postcopy_paused(self.session.execute("query-migrate"))
             elif status == "completed":
                 self.marks["completed"] = event_time(event)
                 return True
+            elif status in ("cancelling", "cancelled") and not self._continued:
+                self._cancelled_elsewhere = True  # a migrate_cancel from another monitor
+                if status == "cancelled":
+                    raise MigrationFailed(self.phase, "the migration was cancelled from outside", True)
             elif status in ("failed", "cancelled"):
-                error = self.session.execute("query-migrate").get("error-desc", status)
+                error = self._error_desc() or status
                 raise MigrationFailed(self.phase, f"QEMU reports the migration {status}: {error}",
                                       not self._continued)
-        elif name in ("BLOCK_JOB_ERROR", *_mirror.JOB_END_EVENTS) and self.phase == "pre-copy" \
+        elif name in ("BLOCK_JOB_ERROR", *_mirror.JOB_END_EVENTS) and self.phase in ("mirror-sync", "pre-copy") \
                 and self._is_our_mirror(data):
-            raise MigrationFailed(self.phase, f"disk mirror {data['device']} stopped: "
-                                  f"{data.get('error') or name}", True)
+            raise MigrationFailed("setup" if self.phase == "mirror-sync" else self.phase,
+                                  f"disk mirror {data['device']} stopped: {data.get('error') or name}", True)
         return False
+
+    def _postcopy_paused(self, info: dict[str, Any]) -> None:
+        raise MigrationFailed("post-copy", "QEMU paused the post-copy (postcopy-paused: "
+                              f"{info.get('error-desc') or 'the migration stream broke'})", False)
+
+    def _error_desc(self) -> str | None:
+        try:
+            return self.session.execute("query-migrate").get("error-desc")
+        except QMPError:
+            return None
 
     def _is_our_mirror(self, data: dict[str, Any]) -> bool:
         return data.get("device") in {_mirror.job_id(node) for node in self.settings.mirrored_nodes}
 
+    def _enter_postcopy(self) -> None:
+        self._postcopy = True
+        self.phase = "post-copy"
+
     def _switchover(self) -> None:
-        """The source is paused: finish the disk mirrors, then let the device state go."""
+        """The source is paused (before the device state, or before post-copy): finish the mirrors, then go on."""
         self.phase = "switchover"
         self.marks["pre_switchover"] = time.time()
         deadline = time.monotonic() + self.settings.switchover_timeout
         self.marks["mirror_processed_bytes"] = sum(_mirror.finish_gracefully(
             self.session, self.settings.mirrored_nodes, deadline).values())
+        self._mirrors_done = True
         self.marks["mirrors_done"] = time.time()
         self._continued = True
         self.session.execute("migrate-continue", {"state": "pre-switchover"})
+
+    # -- failure -----------------------------------------------------------------------------------
 
     def _rollback(self, failure: Exception) -> MigrationFailed:
         """Undo a migration that failed before the target could run; never resume once it might have."""
         phase = getattr(failure, "phase", self.phase)
         cause = getattr(failure, "cause", str(failure))
+        status = self._migration_status()
+        if self._postcopy or status in POSTCOPY or (self._postcopy_requested and status == "device"):
+            # The target runs the guest and pulls the rest of its memory from here: nothing may be undone.
+            self._postcopy = True
+            run_state = self._run_state()  # finish-migrate for as long as the post-copy is paused
+            return MigrationFailed("post-copy", f"{cause}; QEMU reports the migration {status} and the source "
+                                   f"VM {run_state}; {POSTCOPY_RECOVERY}", run_state == "running",
+                                   self._statistics_safely())
         if self._continued:
             # The device state may have reached the target: never resume here, report what QEMU did.
             # QEMU restarts a source whose migration failed late.
@@ -210,6 +519,12 @@ class SourceMigration:
             cause = f"{cause}; rollback problems: {'; '.join(notes)}"
         return MigrationFailed(phase, cause, running, self._statistics_safely())
 
+    def _migration_status(self) -> str | None:
+        try:
+            return self.session.execute("query-migrate").get("status")
+        except QMPError:
+            return None
+
     def _abort_mirrors(self) -> None:
         for node in self.settings.mirrored_nodes:
             _mirror.abort(self.session, node)
@@ -226,21 +541,49 @@ class SourceMigration:
                 return status
             time.sleep(0.02)
 
-    def _source_running(self) -> bool:
+    def _run_state(self) -> str | None:
         try:
-            return self.session.execute("query-status")["status"] == "running"
+            return self.session.execute("query-status")["status"]
         except QMPError:
-            return False
+            return None
+
+    def _source_running(self) -> bool:
+        return self._run_state() == "running"
+
+    # -- reporting ---------------------------------------------------------------------------------
+
+    def _recent_actions(self) -> list[str]:
+        return [describe(action) for action in self.actions[-PROGRESS_ACTIONS:]]
+
+    def _write_progress(self, data: dict[str, Any]) -> None:
+        if self.settings.progress_path:
+            with contextlib.suppress(OSError):  # a progress file must never fail the migration
+                write_progress(self.settings.progress_path, {**data, "t": round(self._epoch + data["t"], 3)})
+
+    def _finish(self, outcome: str, message: str) -> None:
+        latest = self._latest or sample({}, time.monotonic() - self._started, self.phase, self.downtime_limit_ms)
+        self._write_progress({**latest, "finished": True, "policy_actions": self._recent_actions(),
+                              "outcome": outcome, "message": message})
+
+    @staticmethod
+    def _summary(statistics: dict[str, Any]) -> str:
+        text = f"completed in {statistics['total_time_ms']} ms, downtime {statistics['downtime_ms']} ms"
+        if statistics["postcopy_started"]:
+            text += f", post-copy {statistics['postcopy_time_ms']} ms"
+        return text
 
     def _statistics_safely(self) -> dict[str, Any]:
         try:
             return self._statistics()
         except QMPError:
-            return {"history": self.history}
+            return {"history": self.history, "policy_actions": self.actions}
 
     def _statistics(self) -> dict[str, Any]:
         info = self.session.execute("query-migrate")
         ram = info.get("ram", {})
+        postcopy_ms = None
+        if "postcopy" in self.marks and "completed" in self.marks:
+            postcopy_ms = round((self.marks["completed"] - self.marks["postcopy"]) * 1000, 1)
         return {
             "status": info.get("status"),
             "total_time_ms": info.get("total-time"),
@@ -250,6 +593,8 @@ class SourceMigration:
             "ram_total": ram.get("total"),
             "ram_duplicate_pages": ram.get("duplicate"),
             "ram_normal_pages": ram.get("normal"),
+            "ram_postcopy_bytes": ram.get("postcopy-bytes"),
+            "postcopy_requests": ram.get("postcopy-requests"),
             "passes": ram.get("dirty-sync-count"),
             "mirror_processed_bytes": self.marks.get("mirror_processed_bytes"),
             "source_stop_time": self.marks.get("stop"),
@@ -257,6 +602,14 @@ class SourceMigration:
             "mirrors_done_time": self.marks.get("mirrors_done"),
             "completed_time": self.marks.get("completed"),
             "wall_time_s": round(time.monotonic() - self._started, 3),
+            "policy": self.settings.convergence,
+            "policy_actions": self.actions,
+            "postcopy_started": self._postcopy,
+            "postcopy_time_ms": postcopy_ms,
+            "effective_timeout_s": round(self.timeout, 1),
+            "timeout_limit": self.timeout_limit,
+            "downtime_limit_ms": self.downtime_limit_ms,
+            "max_bandwidth": self.bandwidth,
             "history": self.history,
             "query_migrate": info,
         }

@@ -41,6 +41,13 @@ def progress(job: dict[str, Any]) -> dict[str, Any]:
             "percent": round(100.0 * done / total, 1) if total else 100.0}
 
 
+def all_remaining(session: QMPSession) -> dict[str, Any]:
+    """Every livemig mirror on this QEMU together: what is left to copy, now (wall clock)."""
+    jobs = [job for job in session.execute("query-block-jobs") if job["device"].startswith(job_id(""))]
+    return {"t": time.time(), "disk_remaining": sum(max(job.get("len", 0) - job.get("offset", 0), 0) for job in jobs),
+            "disk_total": sum(job.get("len", 0) for job in jobs)}
+
+
 def start_mirror(session: QMPSession, node: str, host: str, port: int, export: str,
                  copy_mode: str = "background", speed: int = 0) -> None:
     """Attach the target's NBD export as a node and mirror `node` into it (sync=full)."""

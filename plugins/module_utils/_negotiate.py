@@ -22,9 +22,12 @@ REQUIRED_SOURCE_MIRROR = ("pause-before-switchover",)
 OPTIONAL_BOTH = ("postcopy-ram", "multifd", "xbzrle", "return-path")
 OPTIONAL_SOURCE = ("auto-converge",)
 OPTIONAL = OPTIONAL_BOTH + OPTIONAL_SOURCE
+# QEMU refuses these together; the one asked for first wins.
+INCOMPATIBLE = (("multifd", "xbzrle"), ("multifd", "postcopy-ram"))
 POLICY_KEYS = ("methods", "deny_capabilities")
 WISH_DEFAULTS: dict[str, Any] = {"method": "auto", "allow_fallback": True, "allow_cold": False,
-                                 "capabilities": [], "capabilities_allow": list(OPTIONAL), "capabilities_deny": []}
+                                 "capabilities": [], "capabilities_allow": list(OPTIONAL), "capabilities_deny": [],
+                                 "multifd_channels": 0, "multifd_compression": "none", "xbzrle_cache_mb": 0}
 
 
 class PlanError(ValueError):
@@ -49,6 +52,11 @@ def check_wishes(raw: dict[str, Any] | None) -> dict[str, Any]:
     for key in ("allow_fallback", "allow_cold"):
         if not isinstance(wishes[key], bool):
             raise PlanError(f"livemig_{key} must be true or false, got {wishes[key]!r}")
+    for key in ("multifd_channels", "xbzrle_cache_mb"):
+        if isinstance(wishes[key], bool) or not isinstance(wishes[key], int) or wishes[key] < 0:
+            raise PlanError(f"livemig_{key} must be a whole number, 0 for off, got {wishes[key]!r}")
+    if not isinstance(wishes["multifd_compression"], str):
+        raise PlanError(f"livemig_multifd_compression must be a name such as zstd, got {wishes['multifd_compression']!r}")
     for key in ("capabilities", "capabilities_allow", "capabilities_deny"):
         names = _names(wishes[key], f"livemig_{key}")
         strange = sorted(set(names) - set(OPTIONAL))
@@ -140,6 +148,46 @@ def capabilities(source: dict[str, Any], target: dict[str, Any], wishes: dict[st
         else:
             usable.append(cap)
     return usable, unusable
+
+
+def enabled_features(source: dict[str, Any], target: dict[str, Any], wishes: dict[str, Any], usable: list[str],
+                     unusable: dict[str, str]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The optional capabilities to switch on at the start, and the parameters that go with them.
+
+    Adds to `unusable` why a wanted one is left out.
+    """
+    wanted = list(wishes["capabilities"])
+    wanted += ["multifd"] * bool(wishes["multifd_channels"]) + ["xbzrle"] * bool(wishes["xbzrle_cache_mb"])
+    enabled: list[str] = []
+    for cap in dict.fromkeys(wanted):
+        clash = next((first for first, second in INCOMPATIBLE if second == cap and first in enabled), None) or \
+            next((second for first, second in INCOMPATIBLE if first == cap and second in enabled), None)
+        if cap not in usable:
+            continue
+        if clash:
+            unusable[cap] = f"{cap} left out: QEMU cannot combine it with {clash}"
+        else:
+            enabled.append(cap)
+    both: dict[str, Any] = {}
+    source_only: dict[str, Any] = {}
+    if "multifd" in enabled:
+        if wishes["multifd_channels"]:
+            both["multifd-channels"] = wishes["multifd_channels"]
+        compression = wishes["multifd_compression"]
+        if compression != "none":
+            lacking = [side for side in (source, target)
+                       if compression not in side["facts"].get("multifd_compressions", [])]
+            if lacking:
+                unusable[f"multifd-compression {compression}"] = \
+                    f"multifd-compression {compression} not supported by {_qemu(lacking[0])}"
+            else:
+                both["multifd-compression"] = compression
+    elif wishes["multifd_compression"] != "none":
+        unusable[f"multifd-compression {wishes['multifd_compression']}"] = \
+            "multifd-compression needs multifd (livemig_multifd_channels)"
+    if "xbzrle" in enabled:
+        source_only["xbzrle-cache-size"] = wishes["xbzrle_cache_mb"] * 1048576
+    return enabled, {"source": {**both, **source_only}, "target": dict(both)}
 
 
 def _method_policy(method: str, source: dict[str, Any], target: dict[str, Any],
@@ -234,10 +282,10 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
                         "not_tried": allowed["live" if method.startswith("live") else method]}
                for method in METHODS}
     live_chosen = chosen in ("live-shared", "live-mirror")
-    wanted_caps = [cap for cap in wishes["capabilities"] if cap in usable]
-    source_caps = sorted(set(REQUIRED_BOTH) | set(wanted_caps)
+    enabled, parameters = enabled_features(source, target, wishes, usable, unusable)
+    source_caps = sorted(set(REQUIRED_BOTH) | set(enabled)
                          | (set(REQUIRED_SOURCE_MIRROR) if chosen == "live-mirror" else set()))
-    target_caps = sorted(set(REQUIRED_BOTH) | {cap for cap in wanted_caps if cap not in OPTIONAL_SOURCE})
+    target_caps = sorted(set(REQUIRED_BOTH) | {cap for cap in enabled if cap not in OPTIONAL_SOURCE})
     storage_action = {"live-shared": "shared", "live-mirror": "mirror", "stateful": "copy", "cold": "copy"}
     plan = {
         "vm": vm,
@@ -255,6 +303,7 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
         "capabilities": {"source": source_caps if live_chosen else [],
                          "target": target_caps if live_chosen else [],
                          "usable": usable, "unusable": unusable},
+        "parameters": parameters if live_chosen else {"source": {}, "target": {}},
         "transport": _transport(chosen, target, source, bool(local)),
         "spec": {**spec, "disks": [{**disk, "shared": shared_by_name[disk["name"]]} for disk in spec.get("disks") or []]},
     }
@@ -288,7 +337,11 @@ def summary(plan: dict[str, Any]) -> list[str]:
         if plan["capabilities"]["source"]:
             lines.append(f"  capabilities: source {', '.join(plan['capabilities']['source'])}; "
                          f"target {', '.join(plan['capabilities']['target'])}")
-        lines.append(f"  usable on demand: {', '.join(plan['capabilities']['usable']) or 'none'}")
+            spare = [cap for cap in plan["capabilities"]["usable"] if cap not in plan["capabilities"]["source"]]
+            lines.append(f"  also possible (not asked for): {', '.join(spare) or 'none'}")
+            if plan["parameters"]["source"]:
+                lines.append("  parameters: " + ", ".join(f"{key}={value}"
+                                                          for key, value in plan["parameters"]["source"].items()))
         lines.append("  transport: " + ", ".join(f"{key} {value}" for key, value in plan["transport"].items() if value))
     for method, verdict in plan["methods"].items():
         if method == plan["method"]:

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
+from ansible_collections.livemig.qemu.plugins.module_utils._schema import schema_features
 from ansible_collections.livemig.qemu.plugins.module_utils._statefile import state_transports
 
 # A 512-byte boot sector that writes 1 to the isa-debug-exit port: QEMU exits with status 3.
@@ -128,6 +129,7 @@ def host_facts(binary: str, check_kvm: bool = True) -> dict[str, Any]:
         capabilities = session.execute("query-migrate-capabilities")
         parameters = session.execute("query-migrate-parameters")
         transports = state_transports(session)
+        compressions = schema_features(session)["multifd_compressions"]
     qemu = version["qemu"]
     return {
         "binary": find_binary(binary),
@@ -142,6 +144,7 @@ def host_facts(binary: str, check_kvm: bool = True) -> dict[str, Any]:
         "migration_capabilities": sorted(item["capability"] for item in capabilities),
         "migration_parameters": parameters,
         "state_transports": transports,
+        "multifd_compressions": compressions,
         "accelerators": {"kvm": {"usable": kvm_ok, "reason": kvm_reason}, "tcg": {"usable": True}},
         "auto_accel": accel,
     }

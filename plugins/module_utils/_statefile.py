@@ -12,19 +12,17 @@ from __future__ import annotations
 import os
 import shlex
 import time
-import weakref
 from typing import Any
 
 from ansible_collections.livemig.qemu.plugins.module_utils._migration import (
     ACTIVE, UNLIMITED_BANDWIDTH, cancel_migration, resume_if_paused)
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession, event_time
+from ansible_collections.livemig.qemu.plugins.module_utils._schema import schema_features
 
 STOP_TIMEOUT = 10.0
 SETTLE_TIMEOUT = 10.0
 POLL = 0.2  # seconds between query-migrate checks while waiting for events: notices a QEMU that went away
 ENDED = ("completed", "failed", "cancelled")
-
-_SCHEMA: weakref.WeakKeyDictionary[QMPSession, dict[str, bool]] = weakref.WeakKeyDictionary()
 
 
 class StateFileError(Exception):
@@ -40,28 +38,6 @@ def partial_path(path: str) -> str:
 
 
 # -- what this QEMU can do ------------------------------------------------------------------
-
-def _members(schema: dict[str, dict[str, Any]], name: str | None) -> dict[str, str]:
-    entry = schema.get(name or "", {})
-    return {member["name"]: member["type"] for member in entry.get("members", []) if "type" in member}
-
-
-def schema_features(session: QMPSession) -> dict[str, bool]:
-    """From query-qmp-schema: `file` in the MigrationAddressType enum, and migrate-incoming's `exit-on-error`.
-
-    Type names are masked in the schema, so the enum is found by its place: migrate's
-    `channels` -> MigrationChannel `addr` -> MigrationAddress's `transport` tag.
-    """
-    if session not in _SCHEMA:
-        schema = {entry["name"]: entry for entry in session.execute("query-qmp-schema")}
-        channels = _members(schema, schema.get("migrate", {}).get("arg-type")).get("channels")
-        channel = schema.get(channels or "", {}).get("element-type")
-        address = schema.get(_members(schema, channel).get("addr", ""), {})
-        transport = schema.get(_members(schema, address.get("name")).get(address.get("tag", ""), ""), {})
-        incoming = _members(schema, schema.get("migrate-incoming", {}).get("arg-type"))
-        _SCHEMA[session] = {"file": "file" in transport.get("values", []), "exit_on_error": "exit-on-error" in incoming}
-    return _SCHEMA[session]
-
 
 def supports_file_uri(session: QMPSession) -> bool:
     """Whether this QEMU migrates to and from `file:` (QEMU 8.2 and later), by its schema, not its version."""

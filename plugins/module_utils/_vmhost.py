@@ -79,7 +79,7 @@ def remove_file(path: str) -> bool:
 
 
 def clean_run_files(paths: VMPaths) -> None:
-    for path in (*paths.sockets, paths.pidfile):
+    for path in (*paths.sockets, paths.pidfile, paths.progress):
         remove_file(path)
 
 

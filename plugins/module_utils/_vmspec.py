@@ -167,6 +167,11 @@ class VMPaths:
         return os.path.join(self.run_dir, f"{self.vm}.log")
 
     @property
+    def progress(self) -> str:
+        """The latest sample of a migration from this host, rewritten every second by qemu_migrate."""
+        return os.path.join(self.run_dir, f"{self.vm}.progress.json")
+
+    @property
     def record(self) -> str:
         return os.path.join(self.state_dir, f"{self.vm}.json")
 

@@ -86,6 +86,13 @@ progress:
   type: dict
   sample: {"job": "livemig-mirror-disk-root", "ready": true, "offset": 1073741824, "len": 1073741824,
            "remaining": 0, "percent": 100.0, "status": "ready"}
+history:
+  description:
+    - With O(state=ready), one sample per second while waiting of all this VM's mirrors together, for charts.
+    - Each has C(t) (epoch seconds), C(disk_remaining) and C(disk_total) in bytes.
+  returned: when O(state=ready)
+  type: list
+  elements: dict
 """
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _mirror
@@ -138,7 +145,11 @@ def main() -> None:
                                      f"{params['nbd_host']}:{params['nbd_port']}: {exc}")
         if params["state"] == "ready" and not module.check_mode:
             try:
-                result["progress"] = _mirror.wait_ready(session, node, deadline(params["timeout"]))
+                history: list[dict] = []
+                result["history"] = history
+                result["progress"] = _mirror.wait_ready(session, node, deadline(params["timeout"]),
+                                                        on_progress=lambda _job: history.append(
+                                                            _mirror.all_remaining(session)))
             except QMPError as exc:
                 module.fail_json(msg=f"disk mirror phase: disk {params['disk']}: {exc}", **result)
         else:

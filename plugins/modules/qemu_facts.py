@@ -74,6 +74,7 @@ ansible_facts:
         - C(cpu_models) (C(name), C(migration_safe), C(runnable), C(static));
         - C(migration_capabilities) (names) and C(migration_parameters);
         - C(state_transports), how this QEMU can save and load a VM state file (C(exec), and C(file) from QEMU 8.2 on);
+        - C(multifd_compressions), the multifd compression methods this QEMU was built with (C(none), C(zlib), C(zstd));
         - C(accelerators) (C(kvm.usable), C(kvm.reason), C(tcg.usable)) and C(auto_accel);
         - C(memory) (C(total_mb), C(available_mb));
         - C(vms), a dict by VM name of C(running), C(status), C(owner), C(machine), C(accel), C(pid),

@@ -8,15 +8,22 @@ module: qemu_migrate
 short_description: Source side of a live migration, from pre-copy through switchover
 version_added: 0.1.0
 description:
-  - Runs on the source host. Sets the capabilities and parameters (QEMU's 128 MiB/s default bandwidth cap is
-    lifted unless O(max_bandwidth) is set), starts C(migrate) to the target's URI and follows QEMU's migration
-    events.
+  - Runs on the source host. Sets the capabilities and parameters, starts C(migrate) to the target's URI and
+    follows QEMU's migration events.
   - With mirrored disks it pauses before switchover; at that moment, with the source stopped, it finishes every
     disk mirror gracefully (the target then holds a consistent copy), lets the last RAM and device state go and
     waits until QEMU reports the migration completed. All of this happens inside this one process, reacting to
-    events, so no Ansible task boundary adds to the downtime.
+    events, so no Ansible task boundary adds to the downtime. A mirror that is not READY yet is waited for.
+  - Once a second it samples the migration and the disk mirrors, applies the convergence policy O(convergence)
+    and rewrites the progress file C(<run_dir>/<name>.progress.json) with the latest sample (see RV(progress_file)).
   - Before the switchover, any failure cancels the migration and the mirrors and leaves the VM running here.
     Once the device state may have reached the target, the source is never resumed; the failure says so.
+  - "Post-copy (with C(postcopy-ram) in O(capabilities), and on the target) starts the VM on the target before all
+    of its memory has arrived; the target then fetches the remaining pages from here. A failure during post-copy
+    (a broken link, a dead QEMU on either side) cannot be rolled back: the guest's memory is split between the
+    hosts, QEMU pauses both ends (C(postcopy-paused)) and the VM can only be recovered by resuming the post-copy
+    (C(migrate-recover) on the target, C(migrate) with C(resume=true) here) once the link is back - never by
+    resuming the source. The module then fails with RV(phase=post-copy) and QEMU's status."
   - On success this host's record stops owning the VM (it names the new owner); the stale source QEMU stays in
     C(postmigrate) for the caller to remove.
   - Use the job monitor, so other modules can still talk to the VM while this runs. Run it with Ansible C(async)
@@ -32,7 +39,7 @@ options:
     description:
       - V(completed) migrates the VM.
       - V(cancelled) cancels a migration still in progress and aborts the disk mirrors of O(disks). It resumes the
-        VM here only if it is paused and O(target_ran=false).
+        VM here only if it is paused and O(target_ran=false). It refuses a migration in post-copy.
     type: str
     choices: [completed, cancelled]
     default: completed
@@ -48,23 +55,58 @@ options:
     description: Name of the target host, recorded as the new owner.
     type: str
   max_bandwidth:
-    description: Bandwidth cap for RAM in bytes per second; V(0) is unlimited.
+    description:
+      - Bandwidth cap in bytes per second for RAM and the disk mirrors together; V(0) is no cap.
+      - While RAM is pre-copied, RAM gets what the mirrors leave of the cap (measured every sample), never less
+        than a tenth of it. Post-copy gets the whole cap (C(max-postcopy-bandwidth)).
+      - Without a cap RAM is unlimited, except with O(convergence=defaults), which keeps QEMU's 128 MiB/s.
     type: int
     default: 0
   downtime_limit_ms:
-    description: The longest pause QEMU may plan for the final pass, in milliseconds.
+    description:
+      - The longest pause of the guest at switchover, in milliseconds.
+      - With O(convergence=auto) or V(postcopy-early) QEMU's C(downtime-limit) starts at 100 ms (or this value if
+        lower) and is raised towards this value only while pre-copy does not converge. With V(defaults) it is the
+        fixed limit.
     type: int
     default: 300
+  convergence:
+    description:
+      - What to do when pre-copy does not converge (the guest dirties memory as fast as the link carries it).
+      - V(auto) escalates step by step. It raises the downtime limit up to O(downtime_limit_ms); with C(auto-converge)
+        in O(capabilities) it lets QEMU throttle the guest harder, up to C(max-cpu-throttle); with C(postcopy-ram)
+        in O(capabilities) it switches to post-copy; otherwise it cancels the migration (the VM keeps running here) and fails
+        with the measured dirty and link rates.
+      - V(postcopy-early) switches to post-copy after the first full pass; needs C(postcopy-ram).
+      - V(defaults) never intervenes and keeps QEMU's own bandwidth cap (a baseline for benchmarks).
+    type: str
+    choices: [defaults, auto, postcopy-early]
+    default: auto
   capabilities:
-    description: Extra migration capabilities by name; the same ones must be set on the target.
-    type: dict
-    default: {}
+    description:
+      - Migration capabilities to switch on here besides C(events) (and C(pause-before-switchover), used with
+        O(disks)), for example C(auto-converge), C(postcopy-ram), C(multifd), C(xbzrle). Any other capability
+        left on by an earlier run is switched off.
+      - C(postcopy-ram) and C(multifd) must also be on at the target
+        (M(livemig.qemu.qemu_migrate_incoming) O(livemig.qemu.qemu_migrate_incoming#module:capabilities)).
+        C(postcopy-ram) allows the switch to post-copy.
+    type: list
+    elements: str
+    default: []
   parameters:
-    description: Extra migration parameters.
+    description:
+      - Extra C(migrate-set-parameters), for example C(multifd-channels), C(multifd-compression),
+        C(xbzrle-cache-size), C(max-cpu-throttle). C(multifd-channels) and C(multifd-compression) must match the
+        target's. Set C(max-bandwidth) and C(downtime-limit) with O(max_bandwidth) and O(downtime_limit_ms).
+      - Names are checked against what this QEMU reports.
     type: dict
     default: {}
   timeout:
-    description: Seconds the whole migration may take before it is cancelled.
+    description:
+      - Seconds the whole migration may take before it is cancelled.
+      - A smaller limit applies when the VM is small, 60 s plus its RAM and the disks' size at 16 MiB/s (or at half
+        of O(max_bandwidth) if that is lower). RV(statistics) C(effective_timeout_s) says which, and so does the
+        failure.
     type: float
     default: 3600
   stall_timeout:
@@ -97,22 +139,50 @@ EXAMPLES = r"""
   async: 3600
   poll: 2
   register: migration
+
+- name: Migrate a busy VM over a 1 Gbit/s link, with post-copy as the last resort
+  livemig.qemu.qemu_migrate:
+    name: db1
+    run_dir: /run/livemig
+    uri: "{{ incoming.uri }}"
+    target_name: hv2
+    max_bandwidth: 115000000
+    capabilities: [auto-converge, postcopy-ram]  # postcopy-ram on the target too
+  async: 3600
+  poll: 2
 """
 
 RETURN = r"""
 statistics:
   description:
     - C(total_time_ms), C(downtime_ms), C(setup_time_ms) and C(passes) as QEMU reports them;
-    - C(ram_transferred), C(ram_total) (bytes) and C(mirror_processed_bytes), the work of the disk mirror jobs
-      (each disk once, plus writes copied again; empty areas cost almost nothing);
+    - C(ram_transferred), C(ram_total), C(ram_postcopy_bytes) (bytes), C(postcopy_requests) (pages the target
+      asked for) and C(mirror_processed_bytes), the work of the disk mirror jobs (each disk once, plus writes copied
+      again; empty areas cost almost nothing);
     - C(source_stop_time), C(pre_switchover_time), C(mirrors_done_time), C(completed_time) (epoch seconds);
-    - C(history), one sample per second of C(status), C(remaining), C(transferred), C(mbps), C(dirty_rate),
-      C(passes), C(throttle);
+    - C(policy) (O(convergence)), C(policy_actions), a list of C({t, action, parameters, reason}) with C(action)
+      one of C(set-parameters), C(start-postcopy), C(abort) (also the bandwidth share's C(max-bandwidth) changes);
+    - C(postcopy_started) (QEMU entered post-copy), C(postcopy_time_ms) (post-copy start to completion);
+    - C(effective_timeout_s) and C(timeout_limit) (C(timeout option) or C(size-scaled));
+    - C(downtime_limit_ms) and C(max_bandwidth), the last values set;
+    - C(history), one sample per second with C(t), C(phase) (C(mirror-sync), C(pre-copy), C(switchover),
+      C(post-copy)), C(status), C(remaining), C(total), C(transferred) (bytes), C(mbps), C(dirty_rate) (bytes/s),
+      C(passes), C(throttle) (percent), C(expected_downtime), C(downtime_limit_ms), C(disk_remaining) and
+      C(disk_total) (bytes, of the disk mirrors);
     - C(query_migrate), QEMU's final answer.
   returned: when a migration ran
   type: dict
+progress_file:
+  description:
+    - The file rewritten (atomically) after every sample, C(<run_dir>/<name>.progress.json). It holds the latest
+      history sample, C(finished) and C(policy_actions) (the last few actions as text); at the end C(finished) is
+      true, and C(outcome) (C(completed), C(failed) or C(cancelled)) and C(message) say how it ended. Removed when
+      the VM's QEMU stops.
+  returned: when a migration ran
+  type: str
 phase:
-  description: Where a failed migration stopped (C(setup), C(pre-copy), C(switchover)).
+  description: Where a failed migration stopped (C(setup), C(mirror-sync), C(pre-copy), C(switchover),
+    C(post-copy)). After C(post-copy) the source must not be resumed.
   returned: on failure
   type: str
 source_running:
@@ -123,7 +193,8 @@ source_running:
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _mirror
 from ansible_collections.livemig.qemu.plugins.module_utils._migration import (
-    ACTIVE, PAUSED, MigrationFailed, MigrationSettings, SourceMigration, cancel_migration, resume_if_paused)
+    ACTIVE, MANAGED_PARAMETERS, PAUSED, POSTCOPY, POSTCOPY_RECOVERY, MigrationFailed, MigrationSettings, RequestError,
+    SourceMigration, cancel_migration, check_request, resume_if_paused)
 from ansible_collections.livemig.qemu.plugins.module_utils._module import new_module, qmp, vm_argument_spec, vm_paths
 from ansible_collections.livemig.qemu.plugins.module_utils._state import HostRecord, load_record, save_record
 
@@ -133,28 +204,40 @@ def migrate(module, session, paths) -> None:
     status = session.execute("query-migrate").get("status")
     if status == "completed" and session.execute("query-status")["status"] == "postmigrate":
         module.exit_json(changed=False, msg="this VM was already migrated away")
+    if params["convergence"] == "postcopy-early" and "postcopy-ram" not in params["capabilities"]:
+        module.fail_json(msg=f"VM {paths.vm}: convergence=postcopy-early needs postcopy-ram in capabilities "
+                             "(and on the target)")
+    try:
+        check_request(session, params["capabilities"], params["parameters"], MANAGED_PARAMETERS)
+    except RequestError as exc:
+        module.fail_json(msg=f"VM {paths.vm}: {exc}")
     if module.check_mode:
         module.exit_json(changed=True)
     settings = MigrationSettings(
         uri=params["uri"], mirrored_nodes=[f"disk-{disk}" for disk in params["disks"]],
         max_bandwidth=params["max_bandwidth"], downtime_limit_ms=params["downtime_limit_ms"],
-        capabilities=params["capabilities"], parameters=params["parameters"], timeout=params["timeout"],
-        stall_timeout=params["stall_timeout"], switchover_timeout=params["switchover_timeout"])
+        convergence=params["convergence"], capabilities=params["capabilities"], parameters=params["parameters"],
+        timeout=params["timeout"], stall_timeout=params["stall_timeout"],
+        switchover_timeout=params["switchover_timeout"], progress_path=paths.progress)
     try:
         statistics = SourceMigration(session, settings).run()
     except MigrationFailed as exc:
         module.fail_json(msg=f"VM {paths.vm}: {exc}", phase=exc.phase, source_running=exc.source_running,
-                         statistics=exc.stats)
+                         statistics=exc.stats, progress_file=paths.progress)
     record = load_record(paths.record, paths.vm) or HostRecord(vm=paths.vm)
     record.owner = False
     record.handed_over_to = params["target_name"]
     save_record(paths.record, record)
-    module.exit_json(changed=True, statistics=statistics)
+    module.exit_json(changed=True, statistics=statistics, progress_file=paths.progress)
 
 
 def cancel(module, session) -> None:
     params = module.params
-    migrating = session.execute("query-migrate").get("status") in ACTIVE
+    status = session.execute("query-migrate").get("status")
+    if status in POSTCOPY:
+        module.fail_json(msg=f"VM {params['name']}: the migration is {status} and cannot be cancelled; "
+                             f"{POSTCOPY_RECOVERY}", phase="post-copy", source_running=False)
+    migrating = status in ACTIVE
     nodes = [f"disk-{disk}" for disk in params["disks"]]
     mirrors = [node for node in nodes if _mirror.find_job(session, _mirror.job_id(node))
                or _mirror.node_exists(session, _mirror.nbd_node(node))]
@@ -179,7 +262,8 @@ def main() -> None:
             target_name={"type": "str"},
             max_bandwidth={"type": "int", "default": 0},
             downtime_limit_ms={"type": "int", "default": 300},
-            capabilities={"type": "dict", "default": {}},
+            convergence={"type": "str", "default": "auto", "choices": ["defaults", "auto", "postcopy-early"]},
+            capabilities={"type": "list", "elements": "str", "default": []},
             parameters={"type": "dict", "default": {}},
             timeout={"type": "float", "default": 3600},
             stall_timeout={"type": "float", "default": 60},

@@ -33,11 +33,20 @@ options:
     type: int
     default: 0
   capabilities:
-    description: Migration capabilities to set, by name (for example C(postcopy-ram), C(multifd)).
-    type: dict
-    default: {}
+    description:
+      - Migration capabilities to switch on before C(migrate-incoming), besides C(events).
+      - C(postcopy-ram) and C(multifd) must be on at both ends when the source uses them
+        (M(livemig.qemu.qemu_migrate) O(livemig.qemu.qemu_migrate#module:capabilities)); C(postcopy-ram) here needs
+        userfaultfd on this host. Source-only capabilities such as C(auto-converge) and C(xbzrle) need not be set.
+      - Names are checked against C(query-migrate-capabilities) of this QEMU.
+    type: list
+    elements: str
+    default: []
   parameters:
-    description: Migration parameters to set (for example C(multifd-channels)).
+    description:
+      - Migration parameters to set before C(migrate-incoming), for example C(multifd-channels) and
+        C(multifd-compression), which must match the source's.
+      - Names are checked against the parameters this QEMU reports.
     type: dict
     default: {}
   timeout:
@@ -92,8 +101,9 @@ disk_allocated:
 
 import time
 
+from ansible_collections.livemig.qemu.plugins.module_utils._migration import RequestError, check_request
 from ansible_collections.livemig.qemu.plugins.module_utils._module import new_module, qmp, vm_argument_spec, vm_paths
-from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPSession, QMPTimeout, event_time
+from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession, QMPTimeout, event_time
 
 
 def listening_uri(info: dict) -> str | None:
@@ -111,13 +121,21 @@ def listen(module, session: QMPSession) -> dict:
     uri = listening_uri(session.execute("query-migrate"))
     if uri:
         return {"changed": False, "uri": uri, "port": int(uri.rsplit(":", 1)[1]), "status": status}
+    try:
+        parameters = check_request(session, params["capabilities"], params["parameters"])
+    except RequestError as exc:
+        module.fail_json(msg=f"VM {params['name']}: {exc}")
     if module.check_mode:
         return {"changed": True, "status": status}
-    capabilities = {"events": True, **params["capabilities"]}
-    session.execute("migrate-set-capabilities", {"capabilities": [
-        {"capability": name, "state": bool(state)} for name, state in sorted(capabilities.items())]})
-    if params["parameters"]:
-        session.execute("migrate-set-parameters", params["parameters"])
+    capabilities = sorted({"events", *params["capabilities"]})
+    try:
+        session.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": name, "state": True} for name in capabilities]})
+        if parameters:
+            session.execute("migrate-set-parameters", parameters)
+    except QMPError as exc:
+        module.fail_json(msg=f"VM {params['name']}: QEMU refused the capabilities {', '.join(capabilities)} or the "
+                             f"parameters {parameters}: {exc}")
     session.execute("migrate-incoming", {"uri": f"tcp:{params['address']}:{params['port']}"})
     uri = listening_uri(session.execute("query-migrate"))
     if not uri:
@@ -146,8 +164,8 @@ def wait_completed(module, session: QMPSession) -> dict:
             if event["event"] == "RESUME":
                 return {"changed": False, "status": "running", "resume_time": event_time(event),
                         "disk_allocated": disk_allocated(session)}
-            if event["data"].get("status") == "failed":
-                module.fail_json(msg=f"VM {module.params['name']}: the incoming migration failed",
+            if event["data"].get("status") in ("failed", "postcopy-paused"):
+                module.fail_json(msg=f"VM {module.params['name']}: the incoming migration {event['data']['status']}",
                                  status=session.execute("query-status")["status"])
 
 
@@ -157,7 +175,7 @@ def main() -> None:
             state={"type": "str", "default": "listening", "choices": ["listening", "completed"]},
             address={"type": "str"},
             port={"type": "int", "default": 0},
-            capabilities={"type": "dict", "default": {}},
+            capabilities={"type": "list", "elements": "str", "default": []},
             parameters={"type": "dict", "default": {}},
             timeout={"type": "float", "default": 3600},
         ),

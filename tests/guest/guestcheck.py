@@ -207,7 +207,7 @@ def analyze(lines) -> dict:
     return res
 
 
-# ---- disk image checks (the image must not be in use) ----
+# ---- disk image checks (the image must not be in use, or its QEMU paused and force_share given) ----
 
 def _run(*cmd: str) -> str:
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -242,7 +242,7 @@ def ring_block(seq: int, slot: int) -> bytes:
     return MAGIC + struct.pack("<3Q", seq, slot, _fnv1a64(fill)) + fill
 
 
-def check_ring(image_path: str, ring_blocks: int, min_seq: int, fmt: str = "qcow2") -> dict:
+def check_ring(image_path: str, ring_blocks: int, min_seq: int, fmt: str = "qcow2", force_share: bool = False) -> dict:
     """Validate the guest's disk ring in the first ring_blocks*4096 bytes.
 
     Returns {"ok": bool, "max_seq": int, "problems": [str], "notes": [str],
@@ -254,7 +254,8 @@ def check_ring(image_path: str, ring_blocks: int, min_seq: int, fmt: str = "qcow
     """
     with tempfile.TemporaryDirectory() as td:
         raw = os.path.join(td, "ring.raw")
-        _run("qemu-img", "dd", "-f", fmt, "-O", "raw", f"bs={BLOCK}", f"count={ring_blocks}",
+        _run("qemu-img", "dd", *(["-U"] if force_share else []), "-f", fmt, "-O", "raw", f"bs={BLOCK}",
+             f"count={ring_blocks}",
              f"if={image_path}", f"of={raw}")
         with open(raw, "rb") as f:
             data = f.read()
@@ -298,14 +299,14 @@ def _virtual_size(image_path: str, fmt: str) -> int:
     return json.loads(_run("qemu-img", "info", "-f", fmt, "--output=json", image_path))["virtual-size"]
 
 
-def hash_outside_ring(image_path: str, ring_blocks: int, fmt: str = "qcow2") -> str:
+def hash_outside_ring(image_path: str, ring_blocks: int, fmt: str = "qcow2", force_share: bool = False) -> str:
     """sha256 hex of the virtual disk content from byte ring_blocks*4096 to the end."""
     start = ring_blocks * BLOCK
     zeros = memoryview(bytes(1 << 22))
     h = hashlib.sha256()
     with tempfile.TemporaryDirectory() as td:
         raw = os.path.join(td, "disk.raw")
-        _run("qemu-img", "convert", "-f", fmt, "-O", "raw", image_path, raw)
+        _run("qemu-img", "convert", *(["-U"] if force_share else []), "-f", fmt, "-O", "raw", image_path, raw)
         with open(raw, "rb") as f:
             fd = f.fileno()
             size, pos = os.fstat(fd).st_size, start

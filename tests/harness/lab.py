@@ -240,8 +240,9 @@ def lab_down() -> None:
                    capture_output=True)
 
 
-def link(host: str, action: str) -> None:
-    subprocess.run([os.path.join(REPO, "lab", "link.sh"), host, action], check=True, capture_output=True)
+def link(host: str, action: str, *arguments: str) -> None:
+    """Cut, restore, rate-limit or unlimit a lab host's migration link (lab/link.sh)."""
+    subprocess.run([os.path.join(REPO, "lab", "link.sh"), host, action, *arguments], check=True, capture_output=True)
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):

@@ -1,4 +1,4 @@
-"""One measured move of a VM under load in the lab, with the correctness checks: used by the demo and the
+"""Measured moves of a VM under load in the lab, each with the correctness checks: used by the demo and the
 benchmarks (DESIGN section 8)."""
 from __future__ import annotations
 
@@ -10,58 +10,6 @@ from lab import RING_BLOCKS, Lab, guestcheck
 FIGURES = ("guest_visible_downtime_ms", "guest_disturbance_ms", "qemu_downtime_ms", "stop_to_resume_ms",
            "total_time_s", "migration_time_ms", "ram_bytes", "disk_bytes", "mirror_processed_bytes", "passes")
 BYTES = ("ram_bytes", "disk_bytes", "mirror_processed_bytes")
-
-
-def one_run(lab: Lab, name: str, workload: str, source: str = "hv1", target: str = "hv2", **extra_vars) -> dict:
-    """Start `name` on `source`, move it to `target` with the migrate playbook, check the guest and its disk."""
-    lab.define_vm(name, workload)
-    digest = lab.start(name, source)
-    tap = lab.tap(name)
-    try:
-        tap.wait_for(r"^PC \d+ OK", label=source, timeout=90)
-        began = time.monotonic()
-        result = lab.migrate(name, source, target, **extra_vars)
-        ended = time.monotonic()
-        if result.failed:
-            lab.remove(name)
-            raise RuntimeError(f"the migration failed:\n{result.output}")
-        heartbeat_on_target = tap.wait_for(r"^HB \d+", label=target, timeout=30, since=ended) is not None
-        tap.wait_for(r"^PC \d+ OK", label=target, timeout=90, since=ended)
-    finally:
-        tap.stop()
-    lines = tap.snapshot()
-    summary = guestcheck.analyze(lines)
-    source_gaps = [gap for _t_prev, _t_next, gap in guestcheck.hb_gaps(lines, source)]
-    lab.stop(name)
-    image = lab.disk_path(name, target)
-    ring = guestcheck.check_ring(image, RING_BLOCKS, min_seq=summary["last_ring_seq"])
-    identical = guestcheck.hash_outside_ring(image, RING_BLOCKS) == digest
-    report = lab.report(name)
-    lab.remove(name)
-    stats = report.get("statistics", {})
-    live = report["method"].startswith("live")
-    return {
-        "workload": workload,
-        "method": report["method"],
-        "guest_visible_downtime_ms": round(summary["max_gap_s"] * 1000, 1),
-        "guest_disturbance_ms": round(max(source_gaps, default=0) * 1000, 1),
-        "qemu_downtime_ms": stats.get("downtime_ms") if live else None,
-        "stop_to_resume_ms": report.get("frozen_ms"),
-        "total_time_s": round(ended - began, 2),
-        "migration_time_ms": stats.get("total_time_ms") if live else None,
-        "ram_bytes": stats.get("ram_transferred") if live else int(report.get("state_bytes", 0)),
-        "disk_bytes": int(report["disk_bytes"]),  # allocated on the target: the data that crossed
-        "mirror_processed_bytes": stats.get("mirror_processed_bytes") if live else None,
-        "passes": stats.get("passes") if live else None,
-        "checks": {
-            f"heartbeats_continue_on_{target}": heartbeat_on_target and summary["hb_by_label"].get(target, (0,))[0] > 0,
-            "heartbeat_sequence_continuous": summary["hb_seq_errors"] == 0,
-            "no_page_check_failure": not summary["pagecheck_failures"],
-            "disk_ring_intact": ring["ok"],
-            "rest_of_disk_identical": identical,
-        },
-        "ring_problems": ring["problems"][:5],
-    }
 
 
 def medians(runs: list[dict]) -> dict:
@@ -78,3 +26,97 @@ def show(title: str, run: dict) -> None:
         print(f"  {key:28} {value}")
     for key, ok in run.get("checks", {}).items():
         print(f"  check {key:30} {'PASS' if ok else 'FAIL'}")
+
+
+def other(host: str) -> str:
+    return "hv2" if host == "hv1" else "hv1"
+
+
+def check_disk_live(lab: Lab, name: str, host: str, digest: str, min_seq: int) -> dict:
+    """Pause the guest (QEMU flushes its image), check the ring and the rest of the disk, resume it."""
+    lab.qmp(host, name, "stop")
+    try:
+        image = lab.disk_path(name, host)
+        ring = guestcheck.check_ring(image, RING_BLOCKS, min_seq=min_seq, force_share=True)
+        identical = guestcheck.hash_outside_ring(image, RING_BLOCKS, force_share=True) == digest
+    finally:
+        lab.qmp(host, name, "cont")
+    return {"disk_ring_intact": ring["ok"], "rest_of_disk_identical": identical, "ring_problems": ring["problems"][:5]}
+
+
+def first_pass_bytes(stats: dict) -> int | None:
+    """RAM sent by the end of the first pass: about the guest's non-zero RAM (zero pages cost nearly nothing)."""
+    for sample in stats.get("history", []):
+        if (sample.get("passes") or 0) >= 2:
+            return sample.get("transferred")
+    return stats.get("ram_transferred")
+
+
+def series(lab: Lab, name: str, workload: str, runs: int, link_bytes_per_s: float | None = None,
+           **extra_vars) -> list[dict]:
+    """Start one VM and move it `runs` times between hv1 and hv2; every run is measured and checked.
+
+    Between runs the guest is paused for a moment on its host to check its disk, outside every measured window.
+    """
+    lab.define_vm(name, workload)
+    digest = lab.start(name, "hv1")
+    tap = lab.tap(name)
+    clock = time.time() - time.monotonic()  # wall clock (QMP, reports) minus the tap's monotonic clock
+    results = []
+    host = "hv1"
+    try:
+        tap.wait_for(r"^PC \d+ OK", label=host, timeout=90)
+        for _index in range(runs):
+            target = other(host)
+            began = time.monotonic()
+            outcome = lab.migrate(name, host, target, **extra_vars)
+            ended = time.monotonic()
+            completed = not outcome.failed
+            where = target if completed else host
+            heartbeat = tap.wait_for(r"^HB \d+", label=where, timeout=30, since=ended) is not None
+            tap.wait_for(r"^PC \d+ OK", label=where, timeout=90, since=ended)
+            lines = [line for line in tap.snapshot() if line[0] >= began]
+            summary = guestcheck.analyze(lines)
+            report = lab.report(name) if completed else {}
+            stats = report.get("statistics", {})
+            live = report.get("method", "").startswith("live")
+            stop = float(report["source_stop_time"]) - clock if report.get("source_stop_time") else ended
+            before_stop = [gap for start, end, gap in guestcheck.hb_gaps(lines, host) if end <= stop]
+            disk = check_disk_live(lab, name, where, digest, summary["last_ring_seq"])
+            ram = first_pass_bytes(stats) if live else int(report.get("state_bytes") or 0) or None
+            disk_bytes = int(report.get("disk_bytes") or 0) if completed else None
+            bound = (ram + disk_bytes) / link_bytes_per_s if completed and ram and link_bytes_per_s else None
+            results.append({
+                "workload": workload, "from": host, "to": target, "completed": completed,
+                "method": report.get("method"),
+                "failure": None if completed else outcome.output[-600:],
+                "guest_visible_downtime_ms": round(summary["max_gap_s"] * 1000, 1),
+                "guest_disturbance_ms": round(max(before_stop, default=0) * 1000, 1),
+                "qemu_downtime_ms": stats.get("downtime_ms") if live else None,
+                "stop_to_resume_ms": report.get("frozen_ms"),
+                "total_time_s": round(ended - began, 2),
+                "migration_time_ms": stats.get("total_time_ms") if live else None,
+                "ram_bytes": stats.get("ram_transferred") if live else (int(report["state_bytes"]) if completed else None),
+                "disk_bytes": disk_bytes,
+                "mirror_processed_bytes": stats.get("mirror_processed_bytes") if live else None,
+                "passes": stats.get("passes") if live else None,
+                "postcopy": stats.get("postcopy_started") if live else None,
+                "policy_actions": [action.get("action") for action in stats.get("policy_actions", [])],
+                "bound_s": round(bound, 3) if bound else None,
+                "total_to_bound": round((ended - began) / bound, 1) if bound else None,
+                "migration_to_bound": round(stats["total_time_ms"] / 1000 / bound, 2)
+                if bound and live and stats.get("total_time_ms") else None,
+                "checks": {
+                    f"heartbeats_continue_on_{where}": heartbeat,
+                    "heartbeat_sequence_continuous": summary["hb_seq_errors"] == 0,
+                    "no_page_check_failure": not summary["pagecheck_failures"],
+                    "disk_ring_intact": disk["disk_ring_intact"],
+                    "rest_of_disk_identical": disk["rest_of_disk_identical"],
+                },
+                "ring_problems": disk["ring_problems"],
+            })
+            host = where
+    finally:
+        tap.stop()
+        lab.remove(name)
+    return results

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "harness"))
 from lab import (  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
-    LAB_DIR, RING_BLOCKS, Lab, build_guest, guestcheck, lab_path, lab_up, link, wait_until)
+    LAB_DIR, REPO as REPO_ROOT, RING_BLOCKS, Lab, build_guest, guestcheck, lab_path, lab_up, link, wait_until)
 
 
 @pytest.fixture(scope="session")

@@ -106,7 +106,9 @@ def test_an_oscillating_history_is_a_stall():
 
 def test_throttling_is_exhausted_at_max_cpu_throttle():
     # Recorded with auto-converge on and max-cpu-throttle set to 80 mid-migration: the guest stays stalled at 80 %.
-    policy = make_policy("auto", max_downtime_ms=300, auto_converge=True, max_cpu_throttle=80)
+    # The recording is short, so the grace at the ceiling is too.
+    policy = make_policy("auto", max_downtime_ms=300, auto_converge=True, max_cpu_throttle=80,
+                         ceiling_grace_seconds=5)
     actions = replay(samples("stalled-auto-converge"), policy)
     assert kinds(actions) == ["downtime", "downtime", "max-cpu-throttle", "abort"]
     assert actions[2][1].parameters == {"max-cpu-throttle": 80}
@@ -171,6 +173,14 @@ def test_the_policy_waits_while_qemu_raises_the_throttle():
     actions = replay(stall(throttle=lambda t: min(99, max(0, t - 10) * 3)), policy)
     assert kinds(actions) == ["max-cpu-throttle", "abort"]  # no increment: QEMU kept raising it up to 99
     assert "cpu throttle 99%" in actions[-1][1].message
+
+
+def test_a_throttle_that_just_reached_the_ceiling_gets_time_to_work():
+    # Under TCG an 80 % throttle still leaves a guest enough CPU to dirty 128 MiB/s: the last step counts.
+    policy = make_policy("auto", max_downtime_ms=100, auto_converge=True)
+    actions = replay(stall(throttle=lambda t: min(99, 20 + max(0, t - 10) * 4)), policy)  # 99 % from t=30
+    assert kinds(actions) == ["max-cpu-throttle", "abort"]
+    assert actions[-1][0] >= 30 + policy.settings.ceiling_grace_seconds
 
 
 def test_noise_on_a_converging_migration_is_no_stall():

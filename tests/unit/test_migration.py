@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -12,11 +14,17 @@ import pytest
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _mirror
 from ansible_collections.livemig.qemu.plugins.module_utils._migration import (
-    ACTIVE, UNLIMITED_BANDWIDTH, MigrationFailed, MigrationSettings, SourceMigration, sample)
+    ACTIVE, SAMPLE_KEYS, UNLIMITED_BANDWIDTH, MigrationFailed, MigrationSettings, SourceMigration, sample,
+    shared_bandwidth)
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 
 MB = 1 << 20
 RAM_MB = 32
+# The policy's clock, scaled to a guest whose passes take 0.2-0.5 s (production waits seconds).
+FAST_POLICY = {"stall_passes": 2, "stall_seconds": 0.4, "settle_seconds": 0.4, "rate_window": 1.0}
+# A cap under which the dirtying guest (8 MiB working set) never converges below a 300 ms downtime limit.
+CAP = 16 * MB
+PROGRESS_KEYS = (*SAMPLE_KEYS, "finished", "policy_actions")
 NODE = "disk-root"
 # Written into the source image before the mirror starts, and through the running source after it is READY.
 BEFORE_MIRROR = ("0x5a", 1 * MB, 4 * MB)
@@ -24,6 +32,50 @@ AFTER_READY = ("0x33", 8 * MB, 1 * MB)
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+# A boot-sector guest that keeps dirtying memory: A20 on, a flat GDT, protected mode, then forever
+# `for (p = 1 MiB; p < END; p += 4096) ++*(uint8_t *)p;`, END the little-endian dword at DIRTY_END.
+# Assembled with GNU as (.code16/.code32) and ld -Ttext=0x7c00 --oformat binary.
+DIRTY_CODE = bytes.fromhex(
+    "fae4920c02e69231c08ed8660f0116587c0f20c06683c8010f22c066ea237c0000080066b810008ed8be00001000fe0681c6"
+    "0010000081fe7856341272f0ebe90000000000000000ffff0000009acf00ffff00000092cf001700407c")
+DIRTY_START, DIRTY_END = 1 * MB, 0x38
+RANDOM_AREA = (24 * MB, 4 * MB)  # random bytes the dirtying guest never touches: checked on the target
+
+
+def boot_sector(working_set):
+    code = bytearray(DIRTY_CODE)
+    code[DIRTY_END:DIRTY_END + 4] = (DIRTY_START + working_set).to_bytes(4, "little")
+    return bytes(code).ljust(510, b"\0") + b"\x55\xaa"
+
+
+def boot_disk_args(path, working_set):
+    path.write_bytes(boot_sector(working_set).ljust(MB, b"\0"))
+    return ["-drive", f"file={path},format=raw,if=none,id=boot", "-device", "ide-hd,drive=boot,bootindex=0"]
+
+
+def guest_byte(session, address=DIRTY_START):
+    reply = session.execute("human-monitor-command", {"command-line": f"xp /1bx {address:#x}"})
+    return int(reply.split(":")[1], 16)
+
+
+def wait_dirtying(session, timeout=10.0):
+    """Until the guest runs its loop (past the firmware): the first byte it increments changes."""
+    deadline = time.monotonic() + timeout
+    first = guest_byte(session)
+    while guest_byte(session) == first:
+        assert time.monotonic() < deadline, "the guest never reached its loop"
+        time.sleep(0.01)
+
+
+def random_area_arrived(vms):
+    """The target's RAM holds the source file's random bytes (sent once, never dirtied)."""
+    dump = os.path.join(os.path.dirname(vms.ram_file), "target-area")
+    vms.tgt.execute("pmemsave", {"val": RANDOM_AREA[0], "size": RANDOM_AREA[1], "filename": dump})
+    with open(vms.ram_file, "rb") as source_ram, open(dump, "rb") as target_ram:
+        source_ram.seek(RANDOM_AREA[0])
+        return source_ram.read(RANDOM_AREA[1]) == target_ram.read()
+
 
 def make_image(path, *writes):
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "64M"], check=True)
@@ -94,6 +146,36 @@ def when_active(monitor, action):
     return SimpleNamespace(thread=thread, done=done, problems=problems)
 
 
+class ProgressReader:
+    """Reads a progress file every 20 ms while a migration runs; `snapshots` holds each distinct content."""
+
+    def __init__(self, path):
+        self.path = path
+        self.snapshots = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read)
+
+    def _read(self):
+        while not self._stop.wait(0.02):
+            with contextlib.suppress(FileNotFoundError):
+                with open(self.path, encoding="utf-8") as handle:
+                    data = json.load(handle)  # a torn write would raise here and fail the test
+                if not self.snapshots or self.snapshots[-1] != data:
+                    self.snapshots.append(data)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+
+    def final(self):
+        with open(self.path, encoding="utf-8") as handle:
+            return json.load(handle)
+
+
 def quit_qemu(session, vm):
     with contextlib.suppress(QMPError):
         session.execute("quit", timeout=5)
@@ -105,13 +187,24 @@ def pair(qemu, tmp_path):
     """Start a source (running) and an incoming target; optionally mirror the source disk to the target."""
     sessions = contextlib.ExitStack()
 
-    def start(disk=True, mirror=True, ram_pattern="random", source_monitor=False, target_monitor=False):
+    def start(disk=True, mirror=True, ram_pattern="random", source_monitor=False, target_monitor=False,
+              guest=0, target_capabilities=(), mirror_speed=0, wait_ready=True):
+        """guest: the MiB of RAM a boot-sector guest keeps dirtying (0: the firmware idles); the RAM then holds
+        zeros except RANDOM_AREA. target_capabilities: switched on at the target before migrate-incoming."""
         ram_file = str(tmp_path / "ram")
         with open(ram_file, "wb") as handle:
-            handle.write(os.urandom(RAM_MB * MB) if ram_pattern == "random" else bytes(RAM_MB * MB))
+            if guest:
+                contents = bytearray(RAM_MB * MB)
+                contents[RANDOM_AREA[0]:RANDOM_AREA[0] + RANDOM_AREA[1]] = os.urandom(RANDOM_AREA[1])
+                handle.write(contents)
+            else:
+                handle.write(os.urandom(RAM_MB * MB) if ram_pattern == "random" else bytes(RAM_MB * MB))
         ram = ["-machine", "pc,memory-backend=ram", "-m", str(RAM_MB)]
         source_args = [*ram, "-object", f"memory-backend-file,id=ram,size={RAM_MB}M,mem-path={ram_file},share=off"]
         target_args = [*ram, "-object", f"memory-backend-ram,id=ram,size={RAM_MB}M", "-incoming", "defer"]
+        if guest:
+            source_args += boot_disk_args(tmp_path / "source-boot.img", guest * MB)
+            target_args += boot_disk_args(tmp_path / "target-boot.img", guest * MB)
         images = SimpleNamespace(source=str(tmp_path / "source.qcow2"), target=str(tmp_path / "target.qcow2"))
         if disk:
             make_image(images.source, BEFORE_MIRROR)
@@ -130,16 +223,22 @@ def pair(qemu, tmp_path):
         target = qemu("target", *target_args)
         src = sessions.enter_context(QMPSession(source.qmp, connect_timeout=5))
         tgt = sessions.enter_context(QMPSession(target.qmp, connect_timeout=5))
+        if target_capabilities:
+            tgt.execute("migrate-set-capabilities", {"capabilities": [
+                {"capability": name, "state": True} for name in ("events", *target_capabilities)]})
         tgt.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
         port = tgt.execute("query-migrate")["socket-address"][0]["port"]
+        if guest:
+            wait_dirtying(src)
         if disk and mirror:
             nbd_port = free_port()
             address = {"type": "inet", "data": {"host": "127.0.0.1", "port": str(nbd_port)}}
             tgt.execute("nbd-server-start", {"addr": address})
             tgt.execute("block-export-add", {"type": "nbd", "id": "export-root", "node-name": NODE,
                                              "name": "root", "writable": True})
-            _mirror.start_mirror(src, NODE, "127.0.0.1", nbd_port, "root")
-            assert _mirror.wait_ready(src, NODE, time.monotonic() + 30)["ready"]
+            _mirror.start_mirror(src, NODE, "127.0.0.1", nbd_port, "root", speed=mirror_speed)
+            if wait_ready:
+                assert _mirror.wait_ready(src, NODE, time.monotonic() + 30)["ready"]
         return SimpleNamespace(source=source, target=target, src=src, tgt=tgt, uri=f"tcp:127.0.0.1:{port}",
                                images=images, ram_file=ram_file, monitor=monitor,
                                target_monitor=target_monitor_path)
@@ -175,16 +274,20 @@ RECORDED = [
 
 def test_sample_of_a_recorded_history():
     history = [sample(info, elapsed) for elapsed, info in RECORDED]
-    assert history[0] == {"t": 0.003, "status": "setup", "remaining": None, "transferred": None, "mbps": None,
-                          "dirty_rate": 0, "passes": None, "throttle": 0}
-    assert history[1] == {"t": 1.004, "status": "active", "remaining": 905121792, "transferred": 132915642,
-                          "mbps": 1063.3, "dirty_rate": 0, "passes": 1, "throttle": 0}
-    assert history[2] == {"t": 2.005, "status": "active", "remaining": 20971520, "transferred": 268435456,
-                          "mbps": 1073.7, "dirty_rate": 2560 * 4096, "passes": 3, "throttle": 20}
+    assert history[0] == {"t": 0.003, "phase": "pre-copy", "status": "setup", "remaining": None, "total": None,
+                          "transferred": None, "mbps": None, "dirty_rate": 0, "passes": None, "throttle": 0,
+                          "expected_downtime": 300, "downtime_limit_ms": None, "disk_remaining": 0, "disk_total": 0}
+    assert history[1] == {"t": 1.004, "phase": "pre-copy", "status": "active", "remaining": 905121792,
+                          "total": 1074069504, "transferred": 132915642, "mbps": 1063.3, "dirty_rate": 0, "passes": 1,
+                          "throttle": 0, "expected_downtime": 300, "downtime_limit_ms": None, "disk_remaining": 0,
+                          "disk_total": 0}
+    assert history[2]["dirty_rate"] == 2560 * 4096 and history[2]["passes"] == 3 and history[2]["throttle"] == 20
+    assert history[2]["expected_downtime"] == 412
     assert history[3]["status"] == "pre-switchover" and history[3]["remaining"] == 0
     assert [point["t"] for point in history] == sorted(point["t"] for point in history)
     moved = [point["transferred"] for point in history if point["transferred"] is not None]
     assert moved == sorted(moved)
+    assert all(tuple(point) == SAMPLE_KEYS for point in history)
 
 
 def test_sample_rounds_time_and_uses_the_page_size():
@@ -192,8 +295,17 @@ def test_sample_rounds_time_and_uses_the_page_size():
     assert point["t"] == 1.235
     assert point["dirty_rate"] == 10 * 65536
     assert sample({"status": "active", "ram": {"dirty-pages-rate": 10}}, 0)["dirty_rate"] == 10 * 4096
-    assert sample({}, 0) == {"t": 0, "status": None, "remaining": None, "transferred": None, "mbps": None,
-                             "dirty_rate": 0, "passes": None, "throttle": 0}
+    blank = sample({}, 0, "mirror-sync", 100, (5, 9))
+    assert blank == {**dict.fromkeys(SAMPLE_KEYS), "t": 0, "phase": "mirror-sync", "dirty_rate": 0, "throttle": 0,
+                     "downtime_limit_ms": 100, "disk_remaining": 5, "disk_total": 9}
+
+
+def test_shared_bandwidth():
+    cap = 100 * MB
+    assert shared_bandwidth(cap, 0) == cap
+    assert shared_bandwidth(cap, 30 * MB) == 70 * MB
+    assert shared_bandwidth(cap, 95 * MB) == 10 * MB  # RAM keeps a tenth, however busy the disks
+    assert shared_bandwidth(cap, 500 * MB) == 10 * MB
 
 
 # -- real migrations -------------------------------------------------------------------------
@@ -205,7 +317,9 @@ def test_migration_with_disk_mirror(pair):
     assert vms.src.execute("human-monitor-command", {
         "command-line": f'qemu-io -d /machine/peripheral/vd-root/virtio-backend "write -P {pattern} {offset} {length}"'
     }) == ""
-    migration = SourceMigration(vms.src, MigrationSettings(uri=vms.uri, mirrored_nodes=[NODE], sample_interval=0.2))
+    progress = os.path.join(os.path.dirname(vms.ram_file), "vm.progress.json")
+    migration = SourceMigration(vms.src, MigrationSettings(uri=vms.uri, mirrored_nodes=[NODE], sample_interval=0.2,
+                                                           progress_path=progress))
     stats = migration.run()
 
     assert stats["status"] == "completed"
@@ -219,6 +333,12 @@ def test_migration_with_disk_mirror(pair):
     assert stats["pre_switchover_time"] <= stats["mirrors_done_time"]
     assert stats["source_stop_time"] <= stats["completed_time"]
     assert stats["query_migrate"]["status"] == "completed"
+    assert stats["history"][0]["disk_total"] >= 64 * MB and stats["postcopy_started"] is False
+    with open(progress, encoding="utf-8") as handle:
+        final = json.load(handle)
+    assert tuple(final) == (*PROGRESS_KEYS, "outcome", "message")
+    assert final["finished"] is True and final["outcome"] == "completed" and final["policy_actions"] == []
+    assert final["message"] == f"completed in {stats['total_time_ms']} ms, downtime {stats['downtime_ms']} ms"
 
     assert query_status(vms.src) == "postmigrate"
     assert wait_status(vms.tgt, "running") == "running"
@@ -262,7 +382,8 @@ def test_migration_without_disks_does_not_pause_before_switchover(pair):
     assert capabilities["events"] is True
     parameters = vms.src.execute("query-migrate-parameters")
     assert parameters["max-bandwidth"] == UNLIMITED_BANDWIDTH
-    assert parameters["downtime-limit"] == 300
+    assert parameters["downtime-limit"] == 100  # the auto policy starts low; it raises the limit only on a stall
+    assert stats["policy"] == "auto" and stats["policy_actions"] == [] and stats["postcopy_started"] is False
     assert query_status(vms.src) == "postmigrate"
     assert wait_status(vms.tgt, "running") == "running"
 
@@ -388,6 +509,22 @@ def test_setup_refuses_a_disk_without_a_ready_mirror(pair):
     assert query_status(vms.tgt) == "inmigrate"
 
 
+def test_a_mirror_still_syncing_is_waited_for(pair, tmp_path):
+    """The mirror is not READY yet when the migration is asked for: sampled as mirror-sync, then migrated."""
+    vms = pair(ram_pattern="zero", mirror_speed=128 * MB, wait_ready=False)  # 64 MiB: 0.5 s
+    progress = str(tmp_path / "vm.progress.json")
+    with ProgressReader(progress) as reader:
+        stats = SourceMigration(vms.src, MigrationSettings(uri=vms.uri, mirrored_nodes=[NODE], sample_interval=0.1,
+                                                           progress_path=progress)).run()
+    assert stats["status"] == "completed"
+    syncing = [point for point in stats["history"] if point["phase"] == "mirror-sync"]
+    assert len(syncing) >= 2 and all(point["status"] is None for point in syncing)
+    assert syncing[0]["disk_remaining"] > syncing[-1]["disk_remaining"] and syncing[0]["disk_total"] >= 64 * MB
+    assert stats["history"][len(syncing)]["phase"] == "pre-copy"
+    assert any(snapshot["phase"] == "mirror-sync" and not snapshot["finished"] for snapshot in reader.snapshots)
+    assert wait_status(vms.tgt, "running") == "running"
+
+
 def test_setup_refusal_leaves_a_running_migration_alone(pair):
     vms = pair(disk=False)
     # Someone else's migration, slowed down so that it is still running when ours is refused.
@@ -463,3 +600,132 @@ def test_failure_after_continue_reports_the_real_source_state(pair, monkeypatch)
     # it reports source_running=False without asking QEMU, although the VM is running on the source.
     assert failure.source_running == (status == "running"), (
         f"MigrationFailed.source_running is {failure.source_running} but the source VM is {status!r}")
+
+
+# -- convergence -----------------------------------------------------------------------------
+
+def test_a_stalled_migration_raises_the_downtime_limit_then_aborts_with_the_rates(pair, tmp_path):
+    """The guest dirties 8 MiB over and over at 16 MiB/s: no downtime limit up to 300 ms lets it finish."""
+    vms = pair(disk=False, guest=8)
+    progress = str(tmp_path / "vm.progress.json")
+    settings = MigrationSettings(uri=vms.uri, max_bandwidth=CAP, downtime_limit_ms=300, sample_interval=0.2,
+                                 progress_path=progress, policy_overrides=FAST_POLICY)
+    with ProgressReader(progress) as reader, pytest.raises(MigrationFailed) as caught:
+        SourceMigration(vms.src, settings).run()
+    failure = caught.value
+    assert failure.phase == "pre-copy" and failure.source_running is True
+    match = re.search(r"the guest dirties (\d+\.\d) MiB/s, the link carries (\d+\.\d) MiB/s", failure.cause)
+    assert match, failure.cause
+    assert 12 < float(match[2]) < 20 and float(match[1]) > 8
+    assert "downtime limit 300 ms" in failure.cause and "rollback problems" not in failure.cause
+    actions = failure.stats["policy_actions"]
+    assert [action["action"] for action in actions] == ["set-parameters", "set-parameters", "abort"]
+    assert [action["parameters"] for action in actions[:2]] == [{"downtime-limit": 200}, {"downtime-limit": 300}]
+    assert all(action["reason"] for action in actions)
+    limits = [point["downtime_limit_ms"] for point in failure.stats["history"]]
+    assert limits[0] == 100 and limits == sorted(limits) and limits[-1] == 300
+    assert failure.stats["postcopy_started"] is False and failure.stats["policy"] == "auto"
+    assert query_status(vms.src) == "running"
+    assert vms.src.execute("query-migrate")["status"] == "cancelled"
+    wait_dirtying(vms.src)  # the guest still runs here
+
+    running = [snapshot for snapshot in reader.snapshots if not snapshot["finished"]]
+    assert running and all(tuple(snapshot) == PROGRESS_KEYS for snapshot in running)
+    assert {snapshot["phase"] for snapshot in running} == {"pre-copy"}
+    assert any(snapshot["status"] == "active" and snapshot["remaining"] for snapshot in running)
+    assert any(snapshot["policy_actions"] for snapshot in running)
+    final = reader.final()
+    assert tuple(final) == (*PROGRESS_KEYS, "outcome", "message")
+    assert final["finished"] is True and final["outcome"] == "failed"
+    assert "pre-copy cannot converge" in final["message"]
+    assert final["policy_actions"][0].endswith(f"downtime-limit=200 ({actions[0]['reason']})")
+    assert final["policy_actions"][-1].split(" ", 1)[1].startswith("abort (pre-copy cannot converge")
+    assert os.listdir(tmp_path).count("vm.progress.json") == 1
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+
+
+def test_a_bandwidth_cap_is_shared_with_the_disk_mirrors(pair):
+    """While the guest writes ~15 MiB/s to its disk, RAM gets what the mirror leaves of the cap."""
+    vms = pair(guest=8, source_monitor=True)
+    stop = threading.Event()
+
+    def write():
+        with QMPSession(vms.monitor, connect_timeout=5) as monitor:
+            offset = 0
+            while not stop.wait(0.05):
+                monitor.execute("human-monitor-command", {"command-line": "qemu-io -d "
+                                f'/machine/peripheral/vd-root/virtio-backend "write -P 0x44 {offset}M 1M"'})
+                offset = (offset + 1) % 32
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        with pytest.raises(MigrationFailed) as caught:
+            SourceMigration(vms.src, MigrationSettings(uri=vms.uri, mirrored_nodes=[NODE], max_bandwidth=CAP,
+                                                       convergence="defaults", timeout=1.6,
+                                                       sample_interval=0.2)).run()
+    finally:
+        stop.set()
+        writer.join(10)
+    failure = caught.value
+    assert failure.phase == "pre-copy" and failure.source_running is True
+    assert "the limit set by the timeout option (1.6s)" in failure.cause
+    assert failure.stats["timeout_limit"] == "timeout option" and failure.stats["effective_timeout_s"] == 1.6
+    shares = [action for action in failure.stats["policy_actions"] if "max-bandwidth" in action["parameters"]]
+    assert shares and all("the disk mirrors use" in action["reason"] for action in shares)
+    lowest = min(action["parameters"]["max-bandwidth"] for action in shares)
+    assert CAP // 10 <= lowest < CAP * 0.8
+    history = failure.stats["history"]
+    assert history[-1]["disk_total"] >= 64 * MB and all(point["disk_remaining"] is not None for point in history)
+    assert query_status(vms.src) == "running" and leftovers(vms.src) == []
+
+
+def test_the_timeout_scales_with_the_vm_size(pair):
+    """16 MiB dirtied over and over, a 10 ms downtime limit: QEMU's own settings never converge."""
+    vms = pair(disk=False, guest=16)
+    settings = MigrationSettings(uri=vms.uri, convergence="defaults", downtime_limit_ms=10, sample_interval=0.2,
+                                 timeout_base_s=0.5, timeout_min_rate=1 << 40)
+    started = time.monotonic()
+    with pytest.raises(MigrationFailed) as caught:
+        SourceMigration(vms.src, settings).run()
+    assert time.monotonic() - started < 3
+    failure = caught.value
+    assert failure.phase == "pre-copy" and failure.source_running is True
+    assert "the limit set by the limit scaled to the VM's size (0.5s: 0.5s + 32 MiB RAM and 0 MiB disk" \
+        in failure.cause
+    assert failure.stats["timeout_limit"] == "size-scaled" and failure.stats["effective_timeout_s"] == 0.5
+    assert query_status(vms.src) == "running"
+
+
+def test_defaults_keep_qemus_bandwidth_and_nothing_is_left_over(pair):
+    """convergence=defaults is QEMU's own behaviour; capabilities and throttle left by an earlier run are reset."""
+    vms = pair(disk=False, ram_pattern="zero")
+    vms.src.execute("migrate-set-capabilities", {"capabilities": [
+        {"capability": "auto-converge", "state": True}, {"capability": "xbzrle", "state": True}]})
+    vms.src.execute("migrate-set-parameters", {"max-bandwidth": MB, "max-cpu-throttle": 50})
+    stats = SourceMigration(vms.src, MigrationSettings(uri=vms.uri, convergence="defaults", capabilities=["xbzrle"],
+                                                       parameters={"xbzrle-cache-size": str(8 * MB)},
+                                                       sample_interval=0.2)).run()
+    assert stats["status"] == "completed" and stats["policy"] == "defaults"
+    capabilities = {c["capability"]: c["state"] for c in vms.src.execute("query-migrate-capabilities")}
+    assert capabilities["xbzrle"] is True and capabilities["auto-converge"] is False
+    parameters = vms.src.execute("query-migrate-parameters")
+    assert parameters["max-bandwidth"] == 128 * MB and parameters["downtime-limit"] == 300
+    assert parameters["max-cpu-throttle"] == 99 and parameters["xbzrle-cache-size"] == 8 * MB
+    assert wait_status(vms.tgt, "running") == "running"
+
+
+@pytest.mark.parametrize("request_, message", [
+    ({"capabilities": ["bogus"]}, "unknown migration capabilities bogus (this QEMU knows "),
+    ({"parameters": {"bogus-limit": 1}}, "unknown migration parameters bogus-limit (this QEMU knows "),
+    ({"parameters": {"downtime-limit": 1}}, "set downtime-limit with the option downtime_limit_ms"),
+    ({"convergence": "postcopy-early"}, "needs postcopy-ram enabled on both sides"),
+    ({"convergence": "fast"}, "unknown convergence policy 'fast'"),
+])
+def test_impossible_requests_are_refused_before_anything_changes(pair, request_, message):
+    vms = pair(disk=False, ram_pattern="zero")
+    with pytest.raises(MigrationFailed) as caught:
+        SourceMigration(vms.src, MigrationSettings(uri=vms.uri, **request_)).run()
+    assert caught.value.phase == "setup" and caught.value.source_running is True
+    assert message in caught.value.cause
+    assert "status" not in vms.src.execute("query-migrate"), "a migration was started"

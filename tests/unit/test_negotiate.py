@@ -12,7 +12,9 @@ CAPS_OLD = ["events", "xbzrle"]  # an imaginary very old QEMU: no pause-before-s
 
 
 def facts(version, machines, caps=None, kvm=False, memory=8192, cpus=None, transports=None):
+    """Trimmed qemu_facts of one host; the 7.2 here stands for a build without zstd (Debian's has it)."""
     return {
+        "multifd_compressions": ["none", "zlib", "zstd"] if version.startswith("10") else ["none", "zlib"],
         "version": version,
         "machines": [{"name": name, "alias": alias} for name, alias in machines],
         "cpu_models": cpus if cpus is not None else [
@@ -206,6 +208,9 @@ def test_summary_of_an_impossible_plan_lists_every_reason():
     ({"capabilities": ["warp"]}, None, "unknown capabilities ['warp']"),
     ({"capabilities_deny": "postcopy-ram"}, None, "must be a list of names"),
     ({"colour": "blue"}, None, "unknown wishes"),
+    ({"multifd_channels": -1}, None, "livemig_multifd_channels must be a whole number"),
+    ({"xbzrle_cache_mb": True}, None, "livemig_xbzrle_cache_mb must be a whole number"),
+    ({"multifd_compression": 3}, None, "livemig_multifd_compression must be a name"),
     ({}, {"methods": ["teleport"]}, "livemig_host_policy.methods of hv2"),
     ({}, {"deny": ["postcopy-ram"]}, "livemig_host_policy of hv2 must be a dict"),
     ({}, "no", "livemig_host_policy of hv2 must be a dict"),
@@ -214,3 +219,41 @@ def test_bad_wishes_and_policies_are_named(wishes, policy, message):
     with pytest.raises(PlanError, match=None) as error:
         make_plan(request(wishes=wishes, target_policy=policy))
     assert message in str(error.value)
+
+
+def test_multifd_with_channels_and_zstd_on_both_sides():
+    plan = make_plan(request(wishes={"multifd_channels": 4, "multifd_compression": "zstd"}))
+    assert "multifd" in plan["capabilities"]["source"] and "multifd" in plan["capabilities"]["target"]
+    assert plan["parameters"] == {"source": {"multifd-channels": 4, "multifd-compression": "zstd"},
+                                  "target": {"multifd-channels": 4, "multifd-compression": "zstd"}}
+
+
+def test_zstd_missing_on_one_side_leaves_compression_out():
+    plan = make_plan(request(target_facts=facts("7.2.0", QEMU_72), machine="pc-q35-7.2",
+                             wishes={"multifd_channels": 2, "multifd_compression": "zstd"}))
+    assert plan["parameters"]["target"] == {"multifd-channels": 2}
+    assert plan["capabilities"]["unusable"]["multifd-compression zstd"] == \
+        "multifd-compression zstd not supported by QEMU 7.2.0 on hv2"
+
+
+def test_compression_without_multifd_is_named():
+    plan = make_plan(request(wishes={"multifd_compression": "zstd"}))
+    assert "needs multifd" in plan["capabilities"]["unusable"]["multifd-compression zstd"]
+    assert plan["parameters"] == {"source": {}, "target": {}}
+
+
+def test_qemu_refuses_multifd_with_postcopy_or_xbzrle_so_the_first_asked_wins():
+    plan = make_plan(request(wishes={"capabilities": ["multifd", "postcopy-ram", "auto-converge"],
+                                     "xbzrle_cache_mb": 64}))
+    caps = plan["capabilities"]
+    assert caps["source"] == ["auto-converge", "events", "multifd", "pause-before-switchover"]
+    assert caps["unusable"]["postcopy-ram"] == "postcopy-ram left out: QEMU cannot combine it with multifd"
+    assert caps["unusable"]["xbzrle"] == "xbzrle left out: QEMU cannot combine it with multifd"
+    plan = make_plan(request(wishes={"capabilities": ["postcopy-ram"], "xbzrle_cache_mb": 64}))
+    assert plan["capabilities"]["source"] == ["events", "pause-before-switchover", "postcopy-ram", "xbzrle"]
+    assert plan["parameters"] == {"source": {"xbzrle-cache-size": 64 << 20}, "target": {}}
+
+
+def test_stateful_and_cold_use_no_migration_parameters():
+    plan = make_plan(request(wishes={"method": "stateful", "multifd_channels": 4}))
+    assert plan["parameters"] == {"source": {}, "target": {}}

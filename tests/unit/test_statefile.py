@@ -12,6 +12,7 @@ import pytest
 from ansible_collections.livemig.qemu.plugins.module_utils import _statefile
 from ansible_collections.livemig.qemu.plugins.module_utils._probe import host_facts
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPSession
+from ansible_collections.livemig.qemu.plugins.module_utils._schema import schema_features
 from ansible_collections.livemig.qemu.plugins.module_utils._statefile import (
     StateFileError, restore_state, save_state, state_transports, supports_file_uri)
 
@@ -110,7 +111,8 @@ def transport(request, monkeypatch):
 def test_schema_says_qemu_10_loads_and_saves_files(qemu, sessions):
     session = sessions(qemu("probe", "-machine", "none", "-S"))
     assert supports_file_uri(session) is True
-    assert _statefile.schema_features(session) == {"file": True, "exit_on_error": True}
+    assert schema_features(session) == {"file": True, "exit_on_error": True,
+                                        "multifd_compressions": ["none", "zlib", "zstd"]}
     assert state_transports(session) == ["exec", "file"]
 
 
@@ -309,7 +311,7 @@ def test_state_moves_between_qemu_7_2_and_10_0(qemu, qemu_72, tmp_path, sessions
     source_version, target_version = direction.split(" to ")
     src = sessions(qemu("source", *guest_args(tmp_path, "source", machine=machine, random_ram=True),
                         binary=binaries[source_version]))
-    assert version(src) == source_version and _statefile.schema_features(src)["file"] == (source_version == "10.0")
+    assert version(src) == source_version and schema_features(src)["file"] == (source_version == "10.0")
     wait_counting(src)
     path = str(tmp_path / "vm.state")
     expected = {"10.0": "file", "7.2": "exec"}
@@ -328,7 +330,8 @@ def test_qemu_7_2_exits_on_a_truncated_file(qemu, qemu_72, tmp_path, sessions):
     src = sessions(qemu("source", *guest_args(tmp_path, "source", machine="pc-i440fx-7.2"), binary=qemu_72))
     target = sessions(qemu("target", *guest_args(tmp_path, "target", machine="pc-i440fx-7.2", incoming=True),
                            binary=qemu_72))
-    assert version(target) == "7.2" and _statefile.schema_features(target) == {"file": False, "exit_on_error": False}
+    assert version(target) == "7.2" and schema_features(target)["file"] is False
+    assert schema_features(target)["exit_on_error"] is False
     wait_counting(src)
     path = tmp_path / "vm.state"
     assert save_state(src, str(path), timeout=30)["transport"] == "exec"

@@ -1,0 +1,223 @@
+"""Post-copy on QEMU 10.0 under TCG: started by the convergence policy, with and without disk mirrors, and failing."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from ansible_collections.livemig.qemu.plugins.module_utils import _migration
+from ansible_collections.livemig.qemu.plugins.module_utils._migration import (
+    MigrationFailed, MigrationSettings, SourceMigration, cancel_migration, resume_if_paused)
+from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
+from test_migration import (  # pylint: disable=unused-import  # `pair` is a fixture
+    AFTER_READY, CAP, FAST_POLICY, NODE, guest_byte, pair, query_status, quit_qemu, random_area_arrived, wait_status)
+
+MODULES = os.path.abspath(os.path.join(os.path.dirname(_migration.__file__), "..", "modules"))
+COLLECTIONS = os.path.abspath(os.path.join(MODULES, *[".."] * 5))
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def migrate(vms, settings):
+    """Run one migration; (its statistics or its failure, the source's MIGRATION statuses in order)."""
+    with vms.src.subscribe(["MIGRATION"]) as events:
+        try:
+            result = SourceMigration(vms.src, settings).run()
+        except MigrationFailed as exc:
+            result = exc
+        statuses = []
+        while (event := events.get(0.05)) is not None:
+            statuses.append(event["data"]["status"])
+    return result, statuses
+
+
+def policy_steps(actions):
+    """What the policy did, without the bandwidth share's max-bandwidth changes."""
+    return [action["parameters"] if action["action"] == "set-parameters" else action["action"]
+            for action in actions if "max-bandwidth" not in action.get("parameters", {})]
+
+
+def runs_on_target(vms):
+    first = guest_byte(vms.tgt)
+    deadline = time.monotonic() + 5
+    while guest_byte(vms.tgt) == first:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def when_status(monitor, wanted, action):
+    """A thread that waits on a second source monitor for the migration status `wanted`, then runs action()."""
+    done = SimpleNamespace(problems=[], seen=False)
+
+    def watch():
+        try:
+            with QMPSession(monitor, connect_timeout=5) as watcher:
+                deadline = time.monotonic() + 20
+                while watcher.execute("query-migrate").get("status") != wanted:
+                    assert time.monotonic() < deadline, f"the migration never became {wanted}"
+                    time.sleep(0.005)
+                done.seen = True
+                action()
+        except Exception as exc:  # pylint: disable=broad-except
+            done.problems.append(exc)
+
+    done.thread = threading.Thread(target=watch)
+    done.thread.start()
+    return done
+
+
+def run_module(tmp_path, module, **args):
+    arguments = {"run_dir": str(tmp_path), **args}
+    args_file = tmp_path / f"{module}-args.json"
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": arguments}))
+    result = subprocess.run([sys.executable, os.path.join(MODULES, f"{module}.py"), str(args_file)],
+                            capture_output=True, text=True, check=False, timeout=60,
+                            env={**os.environ, "PYTHONPATH": COLLECTIONS})
+    return json.loads(result.stdout)
+
+
+# -- post-copy -------------------------------------------------------------------------------
+
+def test_postcopy_finishes_what_pre_copy_cannot_with_a_disk_mirror(pair):
+    """The auto policy raises the downtime limit, then switches to post-copy. With pause-before-switchover QEMU
+    stops at pre-switchover before post-copy too: the mirror is finished there, then post-copy runs."""
+    vms = pair(guest=8, target_capabilities=["postcopy-ram"])
+    pattern, offset, length = AFTER_READY
+    vms.src.execute("human-monitor-command", {
+        "command-line": f'qemu-io -d /machine/peripheral/vd-root/virtio-backend "write -P {pattern} {offset} {length}"'})
+    stats, statuses = migrate(vms, MigrationSettings(
+        uri=vms.uri, mirrored_nodes=[NODE], max_bandwidth=CAP, downtime_limit_ms=200, capabilities=["postcopy-ram"],
+        sample_interval=0.2, policy_overrides=FAST_POLICY))
+
+    assert not isinstance(stats, MigrationFailed), stats
+    assert stats["status"] == "completed" and stats["postcopy_started"] is True
+    assert statuses[-5:] == ["active", "pre-switchover", "device", "postcopy-active", "completed"]
+    assert policy_steps(stats["policy_actions"]) == [{"downtime-limit": 200}, "start-postcopy"]
+    assert stats["postcopy_time_ms"] > 0 and stats["ram_postcopy_bytes"] > 0
+    assert stats["mirror_processed_bytes"] > 0
+    assert stats["source_stop_time"] <= stats["pre_switchover_time"] <= stats["mirrors_done_time"]
+    assert {point["phase"] for point in stats["history"]} <= {"pre-copy", "switchover", "post-copy"}
+    assert query_status(vms.src) == "postmigrate"
+    assert wait_status(vms.tgt, "running") == "running" and runs_on_target(vms)
+    assert random_area_arrived(vms)
+
+    quit_qemu(vms.src, vms.source)
+    quit_qemu(vms.tgt, vms.target)
+    compare = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", vms.images.source,
+                              vms.images.target], capture_output=True, text=True, check=False)
+    assert compare.returncode == 0 and "identical" in compare.stdout, compare.stdout + compare.stderr
+
+
+def test_postcopy_early_starts_after_the_first_pass(pair):
+    vms = pair(disk=False, guest=8, target_capabilities=["postcopy-ram"])
+    stats, statuses = migrate(vms, MigrationSettings(uri=vms.uri, max_bandwidth=CAP, convergence="postcopy-early",
+                                                     capabilities=["postcopy-ram"], sample_interval=0.2))
+    assert not isinstance(stats, MigrationFailed), stats
+    assert stats["postcopy_started"] is True and stats["policy"] == "postcopy-early"
+    assert [action["action"] for action in stats["policy_actions"]] == ["start-postcopy"]
+    first_pass_done = next(point["t"] for point in stats["history"] if (point["passes"] or 0) >= 2)
+    assert stats["policy_actions"][0]["t"] == first_pass_done
+    assert "pre-switchover" not in statuses and statuses[-3:] == ["device", "postcopy-active", "completed"]
+    assert wait_status(vms.tgt, "running") == "running" and runs_on_target(vms)
+    assert random_area_arrived(vms)
+
+
+def test_a_failure_during_postcopy_never_resumes_the_source(pair, tmp_path):
+    """The target dies while it pulls pages: QEMU pauses the post-copy and the source stays stopped."""
+    vms = pair(disk=False, guest=8, target_capabilities=["postcopy-ram"], source_monitor=True)
+    progress = str(tmp_path / "vm.progress.json")
+    watcher = when_status(vms.monitor, "postcopy-active", vms.target.kill)
+    try:
+        failure, unused_statuses = migrate(vms, MigrationSettings(
+            uri=vms.uri, max_bandwidth=CAP, convergence="postcopy-early", capabilities=["postcopy-ram"],
+            parameters={"max-postcopy-bandwidth": 256 * 1024}, sample_interval=0.2, progress_path=progress))
+    finally:
+        watcher.thread.join(30)
+    assert not watcher.problems and watcher.seen
+    assert isinstance(failure, MigrationFailed)
+    assert failure.phase == "post-copy" and failure.source_running is False
+    assert "postcopy-paused" in failure.cause and "never resume the source" in failure.cause
+    assert failure.stats["postcopy_started"] is True
+    assert vms.src.execute("query-migrate")["status"] == "postcopy-paused"
+    assert query_status(vms.src) != "running"
+    with pytest.raises(QMPError, match="postcopy-paused: cancelling it would lose the guest"):
+        cancel_migration(vms.src)
+    with pytest.raises(QMPError, match="the target runs the guest"):
+        resume_if_paused(vms.src)
+    assert query_status(vms.src) != "running"
+    with open(progress, encoding="utf-8") as handle:
+        final = json.load(handle)
+    assert final["outcome"] == "failed" and "postcopy-paused" in final["message"]
+
+
+def test_a_paused_postcopy_is_recovered_by_resuming_it(pair):
+    """The recovery the failure message names: migrate-recover on the target, migrate resume=true on the source."""
+    vms = pair(disk=False, guest=8, target_capabilities=["postcopy-ram"], source_monitor=True)
+    problems = []
+
+    def pause_once_the_target_runs():
+        try:
+            with QMPSession(vms.monitor, connect_timeout=5) as source_monitor:
+                assert wait_status(vms.tgt, "running", 20) == "running"
+                source_monitor.execute("migrate-pause")  # what a cut link does, without waiting for TCP
+        except Exception as exc:  # pylint: disable=broad-except
+            problems.append(exc)
+
+    pauser = threading.Thread(target=pause_once_the_target_runs)
+    pauser.start()
+    try:
+        failure, unused_statuses = migrate(vms, MigrationSettings(
+            uri=vms.uri, max_bandwidth=CAP, convergence="postcopy-early", capabilities=["postcopy-ram"],
+            parameters={"max-postcopy-bandwidth": 256 * 1024}, sample_interval=0.2))
+    finally:
+        pauser.join(30)
+    assert not problems, problems
+    assert isinstance(failure, MigrationFailed) and failure.phase == "post-copy"
+    assert "postcopy-paused: Postcopy migration is paused by the user" in failure.cause
+    assert vms.tgt.execute("query-migrate")["status"] == "postcopy-paused"
+
+    vms.tgt.execute("migrate-recover", {"uri": "tcp:127.0.0.1:0"})
+    port = vms.tgt.execute("query-migrate")["socket-address"][0]["port"]
+    vms.src.execute("migrate-set-parameters", {"max-postcopy-bandwidth": 0})
+    vms.src.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}", "resume": True})
+    deadline = time.monotonic() + 10
+    while vms.src.execute("query-migrate")["status"] != "completed":
+        assert time.monotonic() < deadline, vms.src.execute("query-migrate")
+        time.sleep(0.02)
+    assert query_status(vms.src) == "postmigrate" and runs_on_target(vms)
+    assert random_area_arrived(vms)
+
+
+# -- the modules -----------------------------------------------------------------------------
+
+def test_incoming_capabilities_and_parameters_are_checked_then_set(qemu, tmp_path):
+    qemu("vm1", "-machine", "pc", "-m", "32", "-incoming", "defer")
+    refused = run_module(tmp_path, "qemu_migrate_incoming", name="vm1", address="127.0.0.1",
+                         capabilities=["postcopy-ram", "bogus"], parameters={"multifd-chanels": 4})
+    assert refused["failed"] is True
+    assert "unknown migration capabilities bogus" in refused["msg"]
+    assert "unknown migration parameters multifd-chanels" in refused["msg"]
+    listening = run_module(tmp_path, "qemu_migrate_incoming", name="vm1", address="127.0.0.1",
+                           capabilities=["postcopy-ram"], parameters={"multifd-channels": "4"})
+    assert listening.get("failed") is not True, listening
+    assert listening["changed"] is True and listening["uri"].startswith("tcp:127.0.0.1:")
+    with QMPSession(str(tmp_path / "vm1.qmp"), connect_timeout=5) as session:
+        capabilities = {c["capability"]: c["state"] for c in session.execute("query-migrate-capabilities")}
+        assert capabilities["postcopy-ram"] is True and capabilities["events"] is True
+        assert session.execute("query-migrate-parameters")["multifd-channels"] == 4
+
+
+def test_qemu_migrate_refuses_postcopy_early_without_postcopy_ram(qemu, tmp_path):
+    qemu("vm1", "-machine", "pc", "-m", "32", "-qmp", f"unix:{tmp_path / 'vm1.job.qmp'},server=on,wait=off")
+    result = run_module(tmp_path, "qemu_migrate", name="vm1", uri="tcp:127.0.0.1:9", convergence="postcopy-early")
+    assert result["failed"] is True and "postcopy-early needs postcopy-ram in capabilities" in result["msg"]
+    result = run_module(tmp_path, "qemu_migrate", name="vm1", uri="tcp:127.0.0.1:9", capabilities=["postcopy-rma"])
+    assert result["failed"] is True and "unknown migration capabilities postcopy-rma" in result["msg"]
