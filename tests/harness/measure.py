@@ -44,6 +44,20 @@ def check_disk_live(lab: Lab, name: str, host: str, digest: str, min_seq: int) -
     return {"disk_ring_intact": ring["ok"], "rest_of_disk_identical": identical, "ring_problems": ring["problems"][:5]}
 
 
+def switchover_timeline(stats: dict, resume: float | None) -> dict | None:
+    """Where the time between the source STOP and the target RESUME went, in ms, from QMP event times."""
+    marks = [stats.get("source_stop_time"), stats.get("pre_switchover_time"), stats.get("mirrors_done_time"),
+             stats.get("completed_time"), resume]
+    if None in (marks[0], marks[3], marks[4]):
+        return None
+    stop, pre, mirrors, completed, resumed = (float(mark) if mark is not None else None for mark in marks)
+    pre, mirrors = pre or stop, mirrors or pre or stop
+    return {"stop_to_pre_switchover": round((pre - stop) * 1000, 1),
+            "mirrors_finish": round((mirrors - pre) * 1000, 1),
+            "last_ram_and_device_state": round((completed - mirrors) * 1000, 1),
+            "completed_to_resume": round((resumed - completed) * 1000, 1)}
+
+
 def first_pass_bytes(stats: dict) -> int | None:
     """RAM sent by the end of the first pass: about the guest's non-zero RAM (zero pages cost nearly nothing)."""
     for sample in stats.get("history", []):
@@ -101,7 +115,9 @@ def series(lab: Lab, name: str, workload: str, runs: int, link_bytes_per_s: floa
                 "mirror_processed_bytes": stats.get("mirror_processed_bytes") if live else None,
                 "passes": stats.get("passes") if live else None,
                 "postcopy": stats.get("postcopy_started") if live else None,
-                "policy_actions": [action.get("action") for action in stats.get("policy_actions", [])],
+                "policy_actions": [{key: action[key] for key in ("t", "action", "parameters") if key in action}
+                                   for action in stats.get("policy_actions", [])],
+                "timeline_ms": switchover_timeline(stats, report.get("target_resume_time")) if live else None,
                 "bound_s": round(bound, 3) if bound else None,
                 "total_to_bound": round((ended - began) / bound, 1) if bound else None,
                 "migration_to_bound": round(stats["total_time_ms"] / 1000 / bound, 2)
