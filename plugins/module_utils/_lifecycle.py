@@ -75,6 +75,10 @@ class VMLifecycle:
         self.record.handed_over_to = None
         save_record(self.paths.record, self.record)
 
+    def incoming_status(self) -> str | None:
+        with QMPSession(self.paths.qmp, connect_timeout=self.params["connect_timeout"]) as session:
+            return session.execute("query-migrate").get("status")
+
     def adopt_running_qemu(self) -> None:
         status = self.status()
         self.result["status"] = status
@@ -86,6 +90,10 @@ class VMLifecycle:
             return
         if not self.params["migration_target"]:
             self.fail(f"QEMU runs here ({status}) but this host does not own the VM")
+        incoming = self.incoming_status()
+        if incoming != "completed":
+            self.fail(f"the incoming migration has not completed (status {incoming}): the source may still hold "
+                      "part of the VM (post-copy), so this host does not take it over yet")
         self.changed()
         self.record = self.record or HostRecord(vm=self.paths.vm)
         self.record.owner = True

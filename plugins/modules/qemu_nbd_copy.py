@@ -65,6 +65,12 @@ options:
         source's zero areas, so older data there would survive.
       - Required for O(state=listening) and O(state=absent).
     type: path
+  replace:
+    description:
+      - With O(state=listening), delete an existing O(path) first and start from an empty image of O(size).
+      - For a stale copy, such as the disk a host kept after the VM moved away from it.
+    type: bool
+    default: false
   format:
     description: Format of the destination image. V(raw) for a VM state file.
     type: str
@@ -238,6 +244,11 @@ def listening(module: AnsibleModule, paths: VMPaths, record: HostRecord) -> dict
                                  "(state=finished or state=absent)")
         return {"changed": False, "msg": f"qemu-nbd already listens for {path}", **server_result(server)}
     exists = os.path.exists(path)
+    if exists and params["replace"]:
+        if module.check_mode:
+            return {"changed": True, "msg": f"would replace {path} and serve it for copy {label}"}
+        remove_file(path)
+        exists = False
     if exists:
         nbd.check_destination(path, fmt, size)
     elif size is None or size <= 0:
@@ -327,6 +338,7 @@ def main() -> None:
     spec = vm_argument_spec(
         state={"type": "str", "required": True, "choices": ["listening", "sent", "finished", "absent"]},
         label={"type": "str"},
+        replace={"type": "bool", "default": False},
         path={"type": "path"},
         format={"type": "str", "default": "qcow2", "choices": list(nbd.FORMATS)},
         size={"type": "int"},

@@ -68,10 +68,15 @@ def first_pass_bytes(stats: dict) -> int | None:
 
 def series(lab: Lab, name: str, workload: str, runs: int, link_bytes_per_s: float | None = None,
            **extra_vars) -> list[dict]:
-    """Start one VM and move it `runs` times between hv1 and hv2; every run is measured and checked.
+    """Start one VM and move it `runs` times between hv1 and hv2; every run is measured and checked."""
+    return [run for _label, run in moves(lab, name, workload, [("", extra_vars)] * runs, link_bytes_per_s)]
 
-    Between runs the guest is paused for a moment on its host to check its disk, outside every measured window.
-    """
+
+def moves(lab: Lab, name: str, workload: str, plan: list[tuple[str, dict]],
+          link_bytes_per_s: float | None = None) -> list[tuple[str, dict]]:
+    """Start one VM and move it between hv1 and hv2 once per (label, migrate variables) of `plan`; every move is
+    measured and checked. Between moves the guest is paused for a moment on its host to check its disk, outside
+    every measured window."""
     lab.define_vm(name, workload)
     digest = lab.start(name, "hv1")
     tap = lab.tap(name)
@@ -80,7 +85,7 @@ def series(lab: Lab, name: str, workload: str, runs: int, link_bytes_per_s: floa
     host = "hv1"
     try:
         tap.wait_for(r"^PC \d+ OK", label=host, timeout=90)
-        for _index in range(runs):
+        for label, extra_vars in plan:
             target = other(host)
             began = time.monotonic()
             outcome = lab.migrate(name, host, target, **extra_vars)
@@ -100,7 +105,7 @@ def series(lab: Lab, name: str, workload: str, runs: int, link_bytes_per_s: floa
             ram = first_pass_bytes(stats) if live else int(report.get("state_bytes") or 0) or None
             disk_bytes = int(report.get("disk_bytes") or 0) if completed else None
             bound = (ram + disk_bytes) / link_bytes_per_s if completed and ram and link_bytes_per_s else None
-            results.append({
+            results.append((label, {
                 "workload": workload, "from": host, "to": target, "completed": completed,
                 "method": report.get("method"),
                 "failure": None if completed else outcome.output[-600:],
@@ -130,7 +135,7 @@ def series(lab: Lab, name: str, workload: str, runs: int, link_bytes_per_s: floa
                     "rest_of_disk_identical": disk["rest_of_disk_identical"],
                 },
                 "ring_problems": disk["ring_problems"],
-            })
+            }))
             host = where
     finally:
         tap.stop()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,19 @@ os.symlink(REPO, os.path.join(_COLLECTIONS, "ansible_collections", "livemig", "q
 sys.path.insert(0, _COLLECTIONS)
 
 QEMU = shutil.which("qemu-system-x86_64")
+MODULES = os.path.join(REPO, "plugins", "modules")
+
+
+def run_module(module: str, workdir, check_mode: bool = False, process_timeout: float = 60, **args) -> dict:
+    """Run a module the way Ansible does: its own Python process, its arguments as ANSIBLE_MODULE_ARGS."""
+    args_file = os.path.join(str(workdir), f"{module}-args.json")
+    with open(args_file, "w", encoding="utf-8") as handle:
+        json.dump({"ANSIBLE_MODULE_ARGS": {**args, "_ansible_check_mode": check_mode}}, handle)
+    done = subprocess.run([sys.executable, os.path.join(MODULES, f"{module}.py"), args_file], capture_output=True,
+                          text=True, check=False, timeout=process_timeout,
+                          env={**os.environ, "PYTHONPATH": _COLLECTIONS})
+    assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
+    return json.loads(done.stdout)
 
 
 class Qemu:

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 
+import conftest
 import pytest
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _nbdcopy
@@ -14,10 +13,6 @@ from ansible_collections.livemig.qemu.plugins.module_utils._state import load_re
 
 MB = 1 << 20
 VM = "vm1"
-MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                      "plugins", "modules", "qemu_nbd_copy.py")
-# The directory holding ansible_collections/livemig/qemu (made by conftest), for the module's own Python.
-COLLECTIONS = os.path.abspath(os.path.join(os.path.dirname(_nbdcopy.__file__), *[os.pardir] * 5))
 
 
 def free_port():
@@ -42,16 +37,12 @@ class Copier:
 
     def __init__(self, tmp_path):
         self.dirs = {"name": VM, "run_dir": str(tmp_path / "run"), "image_dir": str(tmp_path / "images")}
-        self.args_file = tmp_path / "args.json"
+        self.workdir = tmp_path
         self.servers = []
 
     def run(self, check_mode=False, receiving=True, **args):
-        args = {**(self.dirs if receiving else {}), **args, "_ansible_check_mode": check_mode}
-        self.args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
-        done = subprocess.run([sys.executable, MODULE, str(self.args_file)], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": COLLECTIONS}, timeout=30, check=False)
-        assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
-        result = json.loads(done.stdout)
+        result = conftest.run_module("qemu_nbd_copy", self.workdir, check_mode, process_timeout=30,
+                                     **{**(self.dirs if receiving else {}), **args})
         if "pid" in result:
             self.servers.append(result)
         return result
@@ -176,6 +167,21 @@ def test_existing_destination_with_data_is_refused(copier, tmp_path):
     make_qcow2(dst, 8 * MB, ("0x44", 0, 64 * 1024))
     result = copier.listen("root", dst, size=8 * MB)
     assert result["failed"] is True and "holds data" in result["msg"]
+
+
+def test_replace_starts_over_from_a_stale_copy(copier, tmp_path):
+    """A host that kept its copy when the VM left gets a fresh image: none of the stale data survives."""
+    src, dst = str(tmp_path / "src.qcow2"), str(tmp_path / "images" / "vm1-root.qcow2")
+    make_qcow2(src, 8 * MB, ("0x11", 0, 1 * MB))
+    os.makedirs(os.path.dirname(dst))
+    make_qcow2(dst, 8 * MB, ("0x44", 4 * MB, 1 * MB))  # stale data where the source holds zeros
+    listening = copier.listen("root", dst, size=8 * MB, replace=True)
+    assert listening["changed"] is True
+    copier.send(src, listening["uri"])
+    copier.run(state="finished", label="root", timeout=10)
+    compare = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", src, dst],
+                             capture_output=True, text=True, check=False)
+    assert compare.returncode == 0, compare.stdout + compare.stderr
 
 
 def test_an_existing_empty_destination_is_used(copier, tmp_path):

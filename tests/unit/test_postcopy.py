@@ -2,24 +2,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from types import SimpleNamespace
 
+import conftest
 import pytest
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _migration
 from ansible_collections.livemig.qemu.plugins.module_utils._migration import (
     MigrationFailed, MigrationSettings, SourceMigration, cancel_migration, resume_if_paused)
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from test_migration import (  # pylint: disable=unused-import  # `pair` is a fixture
     AFTER_READY, CAP, FAST_POLICY, NODE, guest_byte, pair, query_status, quit_qemu, random_area_arrived, wait_status)
-
-MODULES = os.path.abspath(os.path.join(os.path.dirname(_migration.__file__), "..", "modules"))
-COLLECTIONS = os.path.abspath(os.path.join(MODULES, *[".."] * 5))
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -75,13 +70,7 @@ def when_status(monitor, wanted, action):
 
 
 def run_module(tmp_path, module, **args):
-    arguments = {"run_dir": str(tmp_path), **args}
-    args_file = tmp_path / f"{module}-args.json"
-    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": arguments}))
-    result = subprocess.run([sys.executable, os.path.join(MODULES, f"{module}.py"), str(args_file)],
-                            capture_output=True, text=True, check=False, timeout=60,
-                            env={**os.environ, "PYTHONPATH": COLLECTIONS})
-    return json.loads(result.stdout)
+    return conftest.run_module(module, tmp_path, **{"run_dir": str(tmp_path), **args})
 
 
 # -- post-copy -------------------------------------------------------------------------------

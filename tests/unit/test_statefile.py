@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 
+import conftest
 import pytest
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _statefile
@@ -23,8 +21,6 @@ COUNTER = 0x1000
 # the only guest RAM that changes while the VM runs.
 BOOT_SECTOR = bytes([0xFA, 0x31, 0xC0, 0x8E, 0xD8, 0x66, 0xFF, 0x06, 0x00, 0x10, 0xEB, 0xF9]).ljust(510, b"\0") \
     + b"\x55\xaa"
-COLLECTIONS = os.path.abspath(os.path.join(os.path.dirname(_statefile.__file__), *[".."] * 5))
-MODULE = os.path.join(COLLECTIONS, "ansible_collections/livemig/qemu/plugins/modules/qemu_vm_state.py")
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -244,12 +240,7 @@ def test_restore_refuses_a_qemu_not_waiting(tmp_path, source):
 # -- the module ------------------------------------------------------------------------------
 
 def run_module(tmp_path, check=False, **args):
-    arguments = {"name": "vm1", "run_dir": str(tmp_path), "_ansible_check_mode": check, **args}
-    args_file = tmp_path / "args.json"
-    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": arguments}))
-    result = subprocess.run([sys.executable, MODULE, str(args_file)], capture_output=True, text=True, check=False,
-                            env={**os.environ, "PYTHONPATH": COLLECTIONS}, timeout=60)
-    return json.loads(result.stdout)
+    return conftest.run_module("qemu_vm_state", tmp_path, check, **{"name": "vm1", "run_dir": str(tmp_path), **args})
 
 
 def vm_args(tmp_path, name, **kwargs):
