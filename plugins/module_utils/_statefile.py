@@ -56,9 +56,13 @@ def _file_channel(path: str) -> list[dict[str, Any]]:
     return [{"channel-type": "main", "addr": {"transport": "file", "filename": path, "offset": 0}}]
 
 
-def _set_capabilities(session: QMPSession, **capabilities: bool) -> None:
+def _only_events(session: QMPSession) -> None:
+    """Events on, everything else off: a QEMU that was the target of a live migration may still have, e.g.,
+    postcopy-ram or multifd on, which a state file cannot carry."""
+    wanted = {item["capability"]: False for item in session.execute("query-migrate-capabilities") if item["state"]}
+    wanted["events"] = True
     session.execute("migrate-set-capabilities", {"capabilities": [
-        {"capability": name.replace("_", "-"), "state": state} for name, state in sorted(capabilities.items())]})
+        {"capability": name, "state": state} for name, state in sorted(wanted.items())]})
 
 
 def _wait_migration(session: QMPSession, events: Any, deadline: float, seen: dict[str, float]) -> str:
@@ -159,7 +163,7 @@ def save_state(session: QMPSession, path: str, timeout: float) -> dict[str, Any]
                 session.execute("stop")
                 seen["STOP"] = event_time(events.wait(lambda event: event["event"] == "STOP",
                                                       time.monotonic() + STOP_TIMEOUT, "the VM to stop"))
-            _set_capabilities(session, events=True, pause_before_switchover=False)
+            _only_events(session)
             session.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED_BANDWIDTH})
             if transport == "file":
                 session.execute("migrate", {"channels": _file_channel(partial)})
@@ -237,7 +241,7 @@ def restore_state(session: QMPSession, path: str, timeout: float, resume: bool =
     seen: dict[str, float] = {}
     with session.subscribe(("MIGRATION", "RESUME")) as events:
         try:
-            _set_capabilities(session, events=True)
+            _only_events(session)
             session.execute("migrate-incoming", arguments)
             if (end := _wait_migration(session, events, started + timeout, seen)) != "completed":
                 raise _failure(session, end)

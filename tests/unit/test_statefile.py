@@ -146,6 +146,18 @@ def test_save_and_restore(qemu, tmp_path, sessions, source, transport):
     assert target_count > source_count
 
 
+def test_capabilities_left_by_a_live_migration_are_switched_off(qemu, tmp_path, sessions, source, transport):
+    """A VM that arrived by a live migration keeps the target's capabilities (post-copy, multifd): a state file
+    carries neither, so saving switches them off."""
+    source.execute("migrate-set-capabilities", {"capabilities": [{"capability": "postcopy-ram", "state": True},
+                                                                 {"capability": "multifd", "state": False}]})
+    source.execute("migrate-set-capabilities", {"capabilities": [{"capability": "xbzrle", "state": True}]})
+    saved = save_state(source, str(tmp_path / "vm.state"), timeout=30)
+    assert saved["transport"] == transport
+    enabled = {item["capability"] for item in source.execute("query-migrate-capabilities") if item["state"]}
+    assert enabled == {"events"}
+
+
 def test_restore_without_resume_keeps_the_vm_paused(qemu, tmp_path, sessions, source):
     path = str(tmp_path / "vm.state")
     save_state(source, path, timeout=30)
