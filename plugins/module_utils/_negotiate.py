@@ -128,10 +128,15 @@ def disk_actions(spec: dict[str, Any], storage: dict[str, Any]) -> tuple[list[di
     return disks, problems
 
 
+def supported(source: dict[str, Any], target: dict[str, Any]) -> dict[str, set[str]]:
+    """The migration capabilities each host's QEMU has, by host name."""
+    return {side["name"]: set(side["facts"].get("migration_capabilities", [])) for side in (source, target)}
+
+
 def capabilities(source: dict[str, Any], target: dict[str, Any], wishes: dict[str, Any],
                  policies: dict[str, dict[str, list[str]]]) -> tuple[list[str], dict[str, str]]:
     """Optional capabilities this move may use, and why each other one may not."""
-    have = {side["name"]: set(side["facts"].get("migration_capabilities", [])) for side in (source, target)}
+    have = supported(source, target)
     usable, unusable = [], {}
     for cap in OPTIONAL:
         sides = (source,) if cap in OPTIONAL_SOURCE else (source, target)
@@ -213,7 +218,7 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
     local = [disk["name"] for disk in disks if not disk["shared"]]
     shared_by_name = {disk["name"]: disk["shared"] for disk in disks}
     usable, unusable = capabilities(source, target, wishes, policies)
-    have = {side["name"]: set(side["facts"].get("migration_capabilities", [])) for side in (source, target)}
+    have = supported(source, target)
 
     common = list(storage_problems)
     available = target["facts"].get("memory", {}).get("available_mb")
