@@ -12,12 +12,13 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _probe, _vmhost
+from ansible_collections.livemig.qemu.plugins.module_utils._command import Program
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from ansible_collections.livemig.qemu.plugins.module_utils._state import (
     HostRecord, load_record, remove_record, save_record)
 from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import (
     SpecError, VMSpec, build_argv, parse_spec)
-from ansible_collections.livemig.qemu.plugins.module_utils._module import vm_paths
+from ansible_collections.livemig.qemu.plugins.module_utils._module import qemu_system, qemu_tool, vm_paths
 
 STALE = "postmigrate"
 
@@ -68,9 +69,10 @@ class VMLifecycle:
                       "(playbooks/start.yml checks every host), or migrate it here")
         self.check_memory(spec)
         self.changed()
-        machine, accel = self.pinned_abi(spec)
+        qemu = qemu_system(self.module)
+        machine, accel = self.pinned_abi(qemu, spec)
         created = self.create_missing_disks(spec)
-        self.launch(spec, machine, accel, incoming=False, created=created)
+        self.launch(qemu, spec, machine, accel, incoming=False, created=created)
         self.record.owner = True
         self.record.handed_over_to = None
         save_record(self.paths.record, self.record)
@@ -115,9 +117,10 @@ class VMLifecycle:
             self.fail("state=incoming is only for a migration target: set migration_target=true")
         self.check_memory(spec)
         self.changed()
+        qemu = qemu_system(self.module)
         created = self.copied_local_disks(spec) if self.params["keep_disks"] else self.fresh_local_disks(spec)
         self.record = HostRecord(vm=self.paths.vm)
-        self.launch(spec, self.params["machine"], self.params["accel"], incoming=True, created=created)
+        self.launch(qemu, spec, self.params["machine"], self.params["accel"], incoming=True, created=created)
         self.record.volatile["incoming"] = True
         save_record(self.paths.record, self.record)
 
@@ -164,16 +167,15 @@ class VMLifecycle:
         if spec.memory_mb > available:
             self.fail(f"needs {spec.memory_mb} MiB of memory but this host has only {available} MiB available")
 
-    def pinned_abi(self, spec: VMSpec) -> tuple[str, str]:
+    def pinned_abi(self, qemu: Program, spec: VMSpec) -> tuple[str, str]:
         machine = self.params["machine"] or (self.record.machine if self.record else None)
         accel = self.params["accel"] or (self.record.accel if self.record else None)
         if machine and accel:
             return machine, accel
         if not accel:
-            accel = spec.accel if spec.accel != "auto" else ("kvm" if _probe.kvm_can_boot(
-                self.params["qemu_binary"])[0] else "tcg")
+            accel = spec.accel if spec.accel != "auto" else ("kvm" if _probe.kvm_can_boot(qemu)[0] else "tcg")
         if not machine:
-            with _probe.Probe(self.params["qemu_binary"]) as session:
+            with _probe.Probe(qemu.path) as session:
                 machine = _probe.resolve_machine(_probe.machine_types(session), spec.machine)
         return machine, accel
 
@@ -200,7 +202,7 @@ class VMLifecycle:
             if not os.path.exists(path):
                 if disk.shared:
                     raise _vmhost.VMHostError(f"shared disk {disk.name} not found at {path}")
-                _vmhost.create_image(path, disk)
+                _vmhost.create_image(qemu_tool(self.module, "qemu-img"), path, disk)
                 created.append(path)
         return created
 
@@ -213,8 +215,9 @@ class VMLifecycle:
                 if not os.path.exists(path):
                     raise _vmhost.VMHostError(f"shared disk {disk.name} is not visible on this host at {path}")
                 continue
+            qemu_img = qemu_tool(self.module, "qemu-img")
             _vmhost.remove_file(path)
-            _vmhost.create_image(path, disk, int(self.params["disk_sizes"].get(disk.name) or 0))
+            _vmhost.create_image(qemu_img, path, disk, int(self.params["disk_sizes"].get(disk.name) or 0))
             created.append(path)
         return created
 
@@ -225,11 +228,12 @@ class VMLifecycle:
             raise _vmhost.VMHostError(f"keep_disks=true but these disks are missing on this host: {', '.join(missing)}")
         return []
 
-    def launch(self, spec: VMSpec, machine: str, accel: str, incoming: bool, created: list[str]) -> None:
-        argv = build_argv(spec, self.paths, _probe.find_binary(self.params["qemu_binary"]), machine, accel, incoming)
+    def launch(self, qemu: Program, spec: VMSpec, machine: str, accel: str, incoming: bool,
+               created: list[str]) -> None:
+        argv = build_argv(spec, self.paths, qemu.path, machine, accel, incoming)
         self.result["argv"] = argv
         try:
-            self.pid = _vmhost.start_qemu(argv, self.paths)
+            self.pid = _vmhost.start_qemu(qemu.runner, argv, self.paths)
             with QMPSession(self.paths.qmp, connect_timeout=self.params["connect_timeout"]) as session:
                 self.result["status"] = session.execute("query-status")["status"]
         except (_vmhost.VMHostError, QMPError):

@@ -13,9 +13,10 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import time
 
+from ansible_collections.livemig.qemu.plugins.module_utils._command import (
+    TOOL_TIMEOUT, CommandTimeout, Completed, Program)
 from ansible_collections.livemig.qemu.plugins.module_utils._state import process_alive
 from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import kill_qemu, remove_file, wait_exit
 
@@ -23,25 +24,21 @@ LABEL = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
 FORMATS = ("qcow2", "raw")
 SECTOR = 512
 PORT_ATTEMPTS = 5
-TOOL_TIMEOUT = 60.0
 
 
 class NBDCopyError(RuntimeError):
     """A step of the copy failed; the message names the step, the cause and what to check."""
 
 
-def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+def _run(tool: Program, *args: str, timeout: float) -> Completed:
     try:
-        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
-                              timeout=timeout)
-    except FileNotFoundError:
-        raise NBDCopyError(f"{argv[0]} is not installed on this host (package qemu-utils)") from None
-    except subprocess.TimeoutExpired:
-        raise NBDCopyError(f"{' '.join(argv[:2])} did not finish within {timeout:.0f}s") from None
+        return tool.run(*args, timeout=timeout)
+    except CommandTimeout:
+        raise NBDCopyError(f"{tool.name} {args[0]} did not finish within {timeout:.0f}s") from None
 
 
-def stderr_tail(result: subprocess.CompletedProcess, lines: int = 10) -> str:
-    return "\n".join(result.stderr.strip().splitlines()[-lines:]) or f"exit status {result.returncode}"
+def stderr_tail(result: Completed, lines: int = 10) -> str:
+    return "\n".join(result.stderr.strip().splitlines()[-lines:]) or f"exit status {result.rc}"
 
 
 def free_port(address: str) -> int:
@@ -61,46 +58,48 @@ def round_up(size: int) -> int:
 
 # -- images --------------------------------------------------------------------------------------
 
-def extents(path: str, fmt: str, force_share: bool = False, timeout: float = TOOL_TIMEOUT) -> list[dict]:
-    result = _run(["qemu-img", "map", "--output=json", "-f", fmt, *(["-U"] if force_share else []), path], timeout)
-    if result.returncode != 0:
+def extents(qemu_img: Program, path: str, fmt: str, force_share: bool = False,
+            timeout: float = TOOL_TIMEOUT) -> list[dict]:
+    result = _run(qemu_img, "map", "--output=json", "-f", fmt, *(["-U"] if force_share else []), path, timeout=timeout)
+    if result.rc != 0:
         raise NBDCopyError(f"cannot map {fmt} image {path}: {stderr_tail(result)}")
     return json.loads(result.stdout)
 
 
-def allocation(path: str, fmt: str, force_share: bool = False, timeout: float = TOOL_TIMEOUT) -> tuple[int, int]:
+def allocation(qemu_img: Program, path: str, fmt: str, force_share: bool = False,
+               timeout: float = TOOL_TIMEOUT) -> tuple[int, int]:
     """(bytes of data in the image, all layers: what a sparse copy sends at most; virtual size)."""
-    found = extents(path, fmt, force_share, timeout)
+    found = extents(qemu_img, path, fmt, force_share, timeout)
     return (sum(item["length"] for item in found if item["data"] and not item["zero"]),
             sum(item["length"] for item in found))
 
 
-def virtual_size(path: str, fmt: str) -> int:
-    result = _run(["qemu-img", "info", "--output=json", "-f", fmt, path], TOOL_TIMEOUT)
-    if result.returncode != 0:
+def virtual_size(qemu_img: Program, path: str, fmt: str) -> int:
+    result = _run(qemu_img, "info", "--output=json", "-f", fmt, path, timeout=TOOL_TIMEOUT)
+    if result.rc != 0:
         raise NBDCopyError(f"cannot read {fmt} image {path}: {stderr_tail(result)}")
     return int(json.loads(result.stdout)["virtual-size"])
 
 
-def check_destination(path: str, fmt: str, size: int | None) -> None:
+def check_destination(qemu_img: Program, path: str, fmt: str, size: int | None) -> None:
     """An existing destination must have the right size and hold no data.
 
     The sender skips every zero area (--target-is-zero), so data already in the destination would survive
     where the source has zeros.
     """
-    actual = virtual_size(path, fmt)
+    actual = virtual_size(qemu_img, path, fmt)
     if size is not None and actual != round_up(size):
         raise NBDCopyError(f"{path} exists with virtual size {actual} bytes, not {size}: give its size or remove "
                            "it first (state=absent)")
-    if allocation(path, fmt)[0]:
+    if allocation(qemu_img, path, fmt)[0]:
         raise NBDCopyError(f"{path} exists and holds data, which a sparse copy would not overwrite everywhere: "
                            "remove it first (state=absent)")
 
 
-def create_image(path: str, fmt: str, size: int) -> None:
+def create_image(qemu_img: Program, path: str, fmt: str, size: int) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    result = _run(["qemu-img", "create", "-q", "-f", fmt, path, str(size)], TOOL_TIMEOUT)
-    if result.returncode != 0:
+    result = _run(qemu_img, "create", "-q", "-f", fmt, path, str(size), timeout=TOOL_TIMEOUT)
+    if result.rc != 0:
         remove_file(path)
         raise NBDCopyError(f"cannot create {fmt} image {path} of {size} bytes: {stderr_tail(result)}")
 
@@ -119,16 +118,17 @@ def finish_file(path: str, fmt: str, size: int | None, fsync: bool) -> None:
 
 # -- the receiving server ------------------------------------------------------------------------
 
-def start_server(path: str, fmt: str, address: str, port: int, export: str, pidfile: str) -> tuple[int, int]:
+def start_server(qemu_nbd: Program, path: str, fmt: str, address: str, port: int, export: str,
+                 pidfile: str) -> tuple[int, int]:
     """Start a daemonized one-shot qemu-nbd; it listens when this returns. Returns (pid, port)."""
     os.makedirs(os.path.dirname(pidfile), mode=0o700, exist_ok=True)
     for attempt in range(PORT_ATTEMPTS):
         chosen = port or free_port(address)
         remove_file(pidfile)
         # Not --persistent: the server exits once its one client disconnects, and flushes the image as it closes.
-        result = _run(["qemu-nbd", "--fork", "--pid-file", pidfile, "--bind", address, "--port", str(chosen),
-                       "--export-name", export, "--format", fmt, "--cache=writeback", path], TOOL_TIMEOUT)
-        if result.returncode == 0:
+        result = _run(qemu_nbd, "--fork", "--pid-file", pidfile, "--bind", address, "--port", str(chosen),
+                      "--export-name", export, "--format", fmt, "--cache=writeback", path, timeout=TOOL_TIMEOUT)
+        if result.rc == 0:
             return _read_pid(pidfile), chosen
         if port or "in use" not in result.stderr or attempt == PORT_ATTEMPTS - 1:
             raise NBDCopyError(f"qemu-nbd cannot serve {path} on {address}:{chosen}: {stderr_tail(result)}")
@@ -171,13 +171,12 @@ def wait_server_exit(server: dict, timeout: float) -> bool:
 
 # -- the sender ----------------------------------------------------------------------------------
 
-def send(src: str, src_format: str, uri: str, force_share: bool, timeout: float) -> float:
+def send(qemu_img: Program, src: str, src_format: str, uri: str, force_share: bool, timeout: float) -> float:
     """Write the source's data, and only its data, into the NBD export. Returns the seconds it took."""
-    argv = ["qemu-img", "convert", "-n", "--target-is-zero", "-f", src_format, "-O", "raw",
-            *(["-U"] if force_share else []), src, uri]
     started = time.monotonic()
-    result = _run(argv, timeout)
-    if result.returncode != 0:
+    result = _run(qemu_img, "convert", "-n", "--target-is-zero", "-f", src_format, "-O", "raw",
+                  *(["-U"] if force_share else []), src, uri, timeout=timeout)
+    if result.rc != 0:
         raise NBDCopyError(f"copying {src} to {uri} failed: {stderr_tail(result)}. Check that the receiving host "
                            "listens for this copy (state=listening) and is reachable from here, that no other "
                            "client used the export (it serves one), and that the source is readable"

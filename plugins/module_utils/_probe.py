@@ -2,6 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """What this host's QEMU can do, asked from a throw-away QEMU (`-machine none -S`).
 
+The module finds the QEMU binary and passes it in as a Program (_command.py).
+
 Private to the livemig.qemu collection.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ import tempfile
 import time
 from typing import Any
 
+from ansible_collections.livemig.qemu.plugins.module_utils._command import CommandTimeout, Program
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from ansible_collections.livemig.qemu.plugins.module_utils._schema import schema_features
 from ansible_collections.livemig.qemu.plugins.module_utils._statefile import state_transports
@@ -26,18 +29,15 @@ class ProbeError(RuntimeError):
     """This host's QEMU cannot be started or asked."""
 
 
-def find_binary(binary: str) -> str:
-    path = shutil.which(binary)
-    if not path:
-        raise ProbeError(f"QEMU binary {binary!r} not found on this host; install QEMU or set the QEMU binary path")
-    return path
-
-
 class Probe:
-    """A paused QEMU with no machine, only to answer questions over QMP."""
+    """A paused QEMU with no machine, only to answer questions over QMP.
+
+    It runs while it is asked, so it is a child process of its own, not a run of a Program. `binary` is the
+    path the module found.
+    """
 
     def __init__(self, binary: str, accel: str = "tcg"):
-        self.binary = find_binary(binary)
+        self.binary = binary
         self.accel = accel
         self._dir = tempfile.mkdtemp(prefix="livemig-probe-")
         self._process: subprocess.Popen | None = None
@@ -78,7 +78,7 @@ class Probe:
         self._stop()
 
 
-def kvm_can_boot(binary: str, timeout: float = 2.0) -> tuple[bool, str]:
+def kvm_can_boot(qemu: Program, timeout: float = 2.0) -> tuple[bool, str]:
     """Whether KVM really runs a guest here, not only whether /dev/kvm opens.
 
     Firmware plus a boot sector take well under a second on working KVM; where
@@ -90,16 +90,15 @@ def kvm_can_boot(binary: str, timeout: float = 2.0) -> tuple[bool, str]:
         image = os.path.join(directory, "boot.img")
         with open(image, "wb") as handle:
             handle.write(_BOOT_SECTOR)
-        argv = [find_binary(binary), "-machine", "pc", "-accel", "kvm", "-cpu", "qemu64", "-m", "16",
-                "-nodefaults", "-no-user-config", "-display", "none",
-                "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
-                "-drive", f"file={image},format=raw,if=ide"]
         try:
-            result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:
+            result = qemu.run("-machine", "pc", "-accel", "kvm", "-cpu", "qemu64", "-m", "16",
+                              "-nodefaults", "-no-user-config", "-display", "none",
+                              "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
+                              "-drive", f"file={image},format=raw,if=ide", timeout=timeout)
+        except CommandTimeout:
             return False, f"a KVM test guest did not boot within {timeout:.1f}s (KVM unusable or far too slow here)"
-    if result.returncode != _BOOT_EXIT_STATUS:
-        return False, f"a KVM test guest failed: {result.stderr.decode(errors='replace').strip()[-300:]}"
+    if result.rc != _BOOT_EXIT_STATUS:
+        return False, f"a KVM test guest failed: {result.stderr.strip()[-300:]}"
     return True, "a KVM test guest booted"
 
 
@@ -118,11 +117,11 @@ def resolve_machine(machines: list[dict[str, Any]], requested: str) -> str:
     raise ProbeError(f"machine type {requested!r} is not known to this host's QEMU")
 
 
-def host_facts(binary: str, check_kvm: bool = True) -> dict[str, Any]:
+def host_facts(qemu: Program, check_kvm: bool = True) -> dict[str, Any]:
     """Everything the planner and the modules need to know about this host's QEMU."""
-    kvm_ok, kvm_reason = kvm_can_boot(binary) if check_kvm else (False, "not checked")
+    kvm_ok, kvm_reason = kvm_can_boot(qemu) if check_kvm else (False, "not checked")
     accel = "kvm" if kvm_ok else "tcg"
-    with Probe(binary, accel) as session:
+    with Probe(qemu.path, accel) as session:
         version = session.execute("query-version")
         machines = machine_types(session)
         cpus = session.execute("query-cpu-definitions")
@@ -130,11 +129,11 @@ def host_facts(binary: str, check_kvm: bool = True) -> dict[str, Any]:
         parameters = session.execute("query-migrate-parameters")
         transports = state_transports(session)
         compressions = schema_features(session)["multifd_compressions"]
-    qemu = version["qemu"]
+    numbers = version["qemu"]
     return {
-        "binary": find_binary(binary),
-        "version": f"{qemu['major']}.{qemu['minor']}.{qemu['micro']}",
-        "version_info": qemu,
+        "binary": qemu.path,
+        "version": f"{numbers['major']}.{numbers['minor']}.{numbers['micro']}",
+        "version_info": numbers,
         "package": version.get("package", "").strip(),
         "machines": sorted(({"name": m["name"], "alias": m.get("alias"), "default": bool(m.get("is-default")),
                              "deprecated": bool(m.get("deprecated"))} for m in machines), key=lambda m: m["name"]),

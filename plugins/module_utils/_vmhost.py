@@ -10,10 +10,11 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 
+from ansible_collections.livemig.qemu.plugins.module_utils._command import (
+    TOOL_TIMEOUT, CommandTimeout, Completed, Program, Runner)
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from ansible_collections.livemig.qemu.plugins.module_utils._state import process_alive
 from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import Disk, VMPaths
@@ -50,24 +51,32 @@ def vm_status(paths: VMPaths, timeout: float = 10.0) -> str | None:
         return session.execute("query-status")["status"]
 
 
-def image_virtual_size(path: str) -> int | None:
+def image_virtual_size(qemu_img: Program, path: str) -> int | None:
     if not os.path.exists(path):
         return None
-    result = subprocess.run(["qemu-img", "info", "--force-share", "--output=json", path],
-                            capture_output=True, check=False, text=True)
-    if result.returncode != 0:
+    result = _run_tool(qemu_img, "info", "--force-share", "--output=json", path)
+    if result.rc != 0:
         raise VMHostError(f"cannot read disk image {path}: {result.stderr.strip()}")
     return int(json.loads(result.stdout)["virtual-size"])
 
 
-def create_image(path: str, disk: Disk, size_bytes: int | None = None) -> None:
+def create_image(qemu_img: Program, path: str, disk: Disk, size_bytes: int | None = None) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     size = size_bytes if size_bytes else disk.size_mb * MB
-    result = subprocess.run(["qemu-img", "create", "-q", "-f", disk.format, path, str(size)],
-                            capture_output=True, check=False, text=True)
-    if result.returncode != 0:
+    try:
+        result = _run_tool(qemu_img, "create", "-q", "-f", disk.format, path, str(size))
+        if result.rc != 0:
+            raise VMHostError(f"cannot create disk image {path}: {result.stderr.strip()}")
+    except VMHostError:
         remove_file(path)
-        raise VMHostError(f"cannot create disk image {path}: {result.stderr.strip()}")
+        raise
+
+
+def _run_tool(tool: Program, *args: str) -> Completed:
+    try:
+        return tool.run(*args, timeout=TOOL_TIMEOUT)
+    except CommandTimeout:
+        raise VMHostError(f"{tool.name} {' '.join(args)} did not finish within {TOOL_TIMEOUT:.0f}s") from None
 
 
 def remove_file(path: str) -> bool:
@@ -83,18 +92,20 @@ def clean_run_files(paths: VMPaths) -> None:
         remove_file(path)
 
 
-def start_qemu(argv: list[str], paths: VMPaths, timeout: float = 120.0) -> int:
-    """Start a daemonized QEMU; sockets exist and the pid is known when this returns."""
+def start_qemu(run: Runner, argv: list[str], paths: VMPaths, timeout: float = 120.0) -> int:
+    """Start a daemonized QEMU; sockets exist and the pid is known when this returns.
+
+    With -daemonize, QEMU's first process exits once the VM is set up, so this is a short run with a deadline.
+    """
     os.makedirs(paths.run_dir, mode=0o700, exist_ok=True)
     clean_run_files(paths)
     try:
-        result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
-                                check=False, umask=0o077)
-    except subprocess.TimeoutExpired as exc:
-        raise VMHostError(f"QEMU did not finish starting within {timeout:.0f}s") from exc
-    if result.returncode != 0:
+        result = run(argv, timeout, umask=0o077)
+    except CommandTimeout:
+        raise VMHostError(f"QEMU did not finish starting within {timeout:.0f}s") from None
+    if result.rc != 0:
         clean_run_files(paths)
-        raise VMHostError(f"QEMU failed to start: {result.stderr.decode(errors='replace').strip()}")
+        raise VMHostError(f"QEMU failed to start: {result.stderr.strip()}")
     for path in paths.sockets:
         os.chmod(path, 0o600)  # QEMU's -daemonize resets the umask
     pid = running_pid(paths)

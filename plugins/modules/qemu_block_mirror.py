@@ -16,10 +16,9 @@ description:
     target holds a consistent copy. V(absent) aborts it instead and detaches the NBD node.
 extends_documentation_fragment:
   - livemig.qemu.vm
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
+  - livemig.qemu.attributes
+  - livemig.qemu.attributes.changes
+  - livemig.qemu.attributes.action_group
 options:
   disk:
     description: Name of the VM's disk (as in its spec).

@@ -13,14 +13,11 @@ description:
   - Tells whether KVM really boots a guest here (not only whether C(/dev/kvm) opens), and which accelerator
     C(accel=auto) resolves to.
   - Lists the VMs this host has a record of or runs, with their state, ownership, machine type and accelerator.
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
-    details: Read-only; runs the same in check mode.
-  facts:
-    description: Action returns an C(ansible_facts) dictionary that will update existing host facts.
-    support: full
+extends_documentation_fragment:
+  - livemig.qemu.attributes
+  - livemig.qemu.attributes.read_only
+  - livemig.qemu.attributes.action_group
+  - livemig.qemu.attributes.facts
 options:
   qemu_binary:
     description: QEMU system emulator to ask.
@@ -46,6 +43,7 @@ options:
 requirements:
   - python >= 3.11
   - qemu.qmp (on the managed host)
+  - QEMU, O(qemu_binary) (Debian package qemu-system-x86), for O(probe=true)
 author:
   - livemig.qemu contributors (@livemig)
 """
@@ -86,7 +84,7 @@ ansible_facts:
 import os
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _probe, _vmhost
-from ansible_collections.livemig.qemu.plugins.module_utils._module import new_module
+from ansible_collections.livemig.qemu.plugins.module_utils._module import new_module, qemu_system
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError
 from ansible_collections.livemig.qemu.plugins.module_utils._state import load_record
 from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import VMPaths
@@ -130,7 +128,7 @@ def main() -> None:
     facts: dict = {"memory": _probe.host_memory(), "vms": {}}
     try:
         if params["probe"]:
-            facts.update(_probe.host_facts(params["qemu_binary"], params["check_kvm"]))
+            facts.update(_probe.host_facts(qemu_system(module), params["check_kvm"]))
     except (_probe.ProbeError, QMPError) as exc:
         module.fail_json(msg=f"cannot ask this host's QEMU: {exc}")
     if params["run_dir"]:

@@ -30,10 +30,10 @@ description:
     to survive a lost controller connection.
 extends_documentation_fragment:
   - livemig.qemu.vm
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
+  - livemig.qemu.attributes
+  - livemig.qemu.attributes.changes
+  - livemig.qemu.attributes.action_group
+  - livemig.qemu.attributes.async
 options:
   state:
     description:

@@ -15,10 +15,10 @@ description:
     the time QEMU resumed it. Start it (with Ansible C(async)) before the source's switchover to catch that moment.
 extends_documentation_fragment:
   - livemig.qemu.vm
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
+  - livemig.qemu.attributes
+  - livemig.qemu.attributes.changes
+  - livemig.qemu.attributes.action_group
+  - livemig.qemu.attributes.async
 options:
   state:
     description: V(listening) or V(completed), see the description.

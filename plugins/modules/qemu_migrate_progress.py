@@ -19,10 +19,9 @@ description:
   - Never changes anything.
 extends_documentation_fragment:
   - livemig.qemu.vm
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
+  - livemig.qemu.attributes
+  - livemig.qemu.attributes.read_only
+  - livemig.qemu.attributes.action_group
 options:
   wait:
     description:

@@ -18,26 +18,13 @@ description:
   - The chart needs matplotlib on the controller. Without it the JSON is still written and the task warns
     instead of failing.
   - Files are replaced atomically; O(dest_dir) is created when missing.
+extends_documentation_fragment:
+  - livemig.qemu.attributes
+  - livemig.qemu.attributes.changes
+  - livemig.qemu.attributes.controller
 attributes:
-  action:
-    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on
-      the controller.
-    support: full
-  async:
-    description: Supports being used with the C(async) keyword.
-    support: none
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
     details: In check mode nothing is written; the task reports the paths it would write.
-  diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff
-      mode.
-    support: none
-  platform:
-    description: Target OS/families that can be operated against.
-    support: N/A
-    platforms: posix
 options:
   result:
     description:

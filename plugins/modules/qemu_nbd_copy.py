@@ -21,10 +21,9 @@ description:
     roll back.
 extends_documentation_fragment:
   - livemig.qemu.vm
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
+  - livemig.qemu.attributes
+  - livemig.qemu.attributes.changes
+  - livemig.qemu.attributes.action_group
 options:
   state:
     description:
@@ -116,7 +115,7 @@ options:
     type: bool
     default: true
 requirements:
-  - qemu-img and qemu-nbd (QEMU 7.2 or later) on both hosts
+  - qemu-img and qemu-nbd (QEMU 7.2 or later; Debian package qemu-utils) on both hosts
 author:
   - livemig.qemu contributors (@livemig)
 """
@@ -218,7 +217,7 @@ import secrets
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _nbdcopy as nbd
-from ansible_collections.livemig.qemu.plugins.module_utils._module import vm_argument_spec, vm_paths
+from ansible_collections.livemig.qemu.plugins.module_utils._module import qemu_tool, vm_argument_spec, vm_paths
 from ansible_collections.livemig.qemu.plugins.module_utils._state import HostRecord, load_record, save_record
 from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import remove_file
 from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import VMPaths
@@ -243,6 +242,7 @@ def listening(module: AnsibleModule, paths: VMPaths, record: HostRecord) -> dict
                                  f"({server['format']}) on {server['host']}:{server['port']}: end it first "
                                  "(state=finished or state=absent)")
         return {"changed": False, "msg": f"qemu-nbd already listens for {path}", **server_result(server)}
+    qemu_img, qemu_nbd = qemu_tool(module, "qemu-img"), qemu_tool(module, "qemu-nbd")
     exists = os.path.exists(path)
     if exists and params["replace"]:
         if module.check_mode:
@@ -250,20 +250,20 @@ def listening(module: AnsibleModule, paths: VMPaths, record: HostRecord) -> dict
         remove_file(path)
         exists = False
     if exists:
-        nbd.check_destination(path, fmt, size)
+        nbd.check_destination(qemu_img, path, fmt, size)
     elif size is None or size <= 0:
         module.fail_json(msg=f"{path} does not exist: give its virtual size in bytes (size) to create it")
     if module.check_mode:
         return {"changed": True, "msg": f"would {'' if exists else 'create and '}serve {path} for copy {label}"}
     if not exists:
-        nbd.create_image(path, fmt, size)
+        nbd.create_image(qemu_img, path, fmt, size)
     server = {"host": params["address"], "export": f"{label}-{secrets.token_hex(16)}", "path": path,
               "format": fmt, "pidfile": os.path.join(paths.run_dir, f"{paths.vm}.copy-{label}.pid")}
     if fmt == "raw":
         server["size"] = size if size is not None else os.path.getsize(path)
     try:
-        server["pid"], server["port"] = nbd.start_server(path, fmt, server["host"], params["port"], server["export"],
-                                                         server["pidfile"])
+        server["pid"], server["port"] = nbd.start_server(qemu_nbd, path, fmt, server["host"], params["port"],
+                                                         server["export"], server["pidfile"])
     except nbd.NBDCopyError:
         if not exists:
             remove_file(path)
@@ -315,8 +315,9 @@ def sent(module: AnsibleModule) -> dict:
         module.fail_json(msg=f"uri {uri} must be the nbd:// address that state=listening returned")
     if module.check_mode:
         return {"changed": True, "msg": f"would copy {src} ({fmt}) to {uri}"}
-    allocated, size = nbd.allocation(src, fmt, params["force_share"], params["timeout"])
-    seconds = nbd.send(src, fmt, uri, params["force_share"], params["timeout"])
+    qemu_img = qemu_tool(module, "qemu-img")
+    allocated, size = nbd.allocation(qemu_img, src, fmt, params["force_share"], params["timeout"])
+    seconds = nbd.send(qemu_img, src, fmt, uri, params["force_share"], params["timeout"])
     if fmt == "raw":
         size = os.path.getsize(src)  # QEMU rounds a raw file up to whole sectors
     return {"changed": True, "msg": f"copied {src} to {uri}", "bytes_allocated": allocated, "virtual_size": size,

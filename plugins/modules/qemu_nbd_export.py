@@ -14,10 +14,9 @@ description:
   - The server's address and port are kept in this host's record of the VM, never on another host.
 extends_documentation_fragment:
   - livemig.qemu.vm
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
+  - livemig.qemu.attributes
+  - livemig.qemu.attributes.changes
+  - livemig.qemu.attributes.action_group
 options:
   state:
     description: V(present) starts the server and adds the exports; V(absent) removes all exports and stops it.

@@ -13,9 +13,10 @@ description:
     reports a change and is skipped in check mode.
 extends_documentation_fragment:
   - livemig.qemu.vm
+  - livemig.qemu.attributes
+  - livemig.qemu.attributes.action_group
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: partial
     details: Only C(query-*) commands run in check mode.
 options:

@@ -15,10 +15,9 @@ description:
   - The token files are C(.<image file name>.livemig-token), a few bytes each; nothing else is written.
 extends_documentation_fragment:
   - livemig.qemu.vm
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
+  - livemig.qemu.attributes
+  - livemig.qemu.attributes.changes
+  - livemig.qemu.attributes.action_group
 options:
   state:
     description:
@@ -35,6 +34,8 @@ options:
   token:
     description: The token returned by O(state=marked). Required for O(state=checked).
     type: str
+requirements:
+  - qemu-img (Debian package qemu-utils)
 author:
   - livemig.qemu contributors (@livemig)
 notes:
@@ -94,7 +95,8 @@ disks:
 import os
 import secrets
 
-from ansible_collections.livemig.qemu.plugins.module_utils._module import new_module, vm_argument_spec, vm_paths
+from ansible_collections.livemig.qemu.plugins.module_utils._module import (
+    new_module, qemu_tool, vm_argument_spec, vm_paths)
 from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import VMHostError, image_virtual_size
 from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import SpecError, parse_spec
 
@@ -137,7 +139,7 @@ def main() -> None:
         info = {"path": image, "exists": os.path.exists(image)}
         if state == "marked" and info["exists"]:
             try:
-                info["virtual_size"] = image_virtual_size(image)
+                info["virtual_size"] = image_virtual_size(qemu_tool(module, "qemu-img"), image)
             except VMHostError as exc:
                 module.fail_json(msg=f"disk {disk.name}: {exc}")
         if state == "marked" and info["exists"]:

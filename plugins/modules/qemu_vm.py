@@ -17,10 +17,9 @@ description:
   - An existing disk image at a disk's path is used as it is; a missing one is created.
 extends_documentation_fragment:
   - livemig.qemu.vm
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
+  - livemig.qemu.attributes
+  - livemig.qemu.attributes.changes
+  - livemig.qemu.attributes.action_group
 options:
   state:
     description:
@@ -83,6 +82,8 @@ options:
     description: With O(state=stopped), seconds to wait for the guest to power off before QEMU is told to quit.
     type: float
     default: 60
+requirements:
+  - QEMU, O(qemu_binary) (Debian package qemu-system-x86), and qemu-img (Debian package qemu-utils) to create disks
 author:
   - livemig.qemu contributors (@livemig)
 """

@@ -23,10 +23,9 @@ description:
   - Uses the VM's job monitor (C(<run_dir>/<name>.job.qmp)), so other modules can still use the main one.
 extends_documentation_fragment:
   - livemig.qemu.vm
-attributes:
-  check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
-    support: full
+  - livemig.qemu.attributes
+  - livemig.qemu.attributes.changes
+  - livemig.qemu.attributes.action_group
 options:
   state:
     description:

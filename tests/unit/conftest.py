@@ -11,25 +11,51 @@ import time
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_COLLECTIONS = tempfile.mkdtemp(prefix="livemig-unit-")
-os.makedirs(os.path.join(_COLLECTIONS, "ansible_collections", "livemig"))
-os.symlink(REPO, os.path.join(_COLLECTIONS, "ansible_collections", "livemig", "qemu"))
-sys.path.insert(0, _COLLECTIONS)
+COLLECTIONS = tempfile.mkdtemp(prefix="livemig-unit-")
+os.makedirs(os.path.join(COLLECTIONS, "ansible_collections", "livemig"))
+os.symlink(REPO, os.path.join(COLLECTIONS, "ansible_collections", "livemig", "qemu"))
+sys.path.insert(0, COLLECTIONS)
+
+from ansible_collections.livemig.qemu.plugins.module_utils._command import Completed, Program  # noqa: E402
 
 QEMU = shutil.which("qemu-system-x86_64")
 MODULES = os.path.join(REPO, "plugins", "modules")
 
 
-def run_module(module: str, workdir, check_mode: bool = False, process_timeout: float = 60, **args) -> dict:
-    """Run a module the way Ansible does: its own Python process, its arguments as ANSIBLE_MODULE_ARGS."""
+def run_module(module: str, workdir, check_mode: bool = False, process_timeout: float = 60,
+               env: dict[str, str] | None = None, **args) -> dict:
+    """Run a module the way Ansible does: its own Python process, its arguments as ANSIBLE_MODULE_ARGS.
+
+    `env` overrides variables of the module's environment, for example PATH.
+    """
     args_file = os.path.join(str(workdir), f"{module}-args.json")
     with open(args_file, "w", encoding="utf-8") as handle:
         json.dump({"ANSIBLE_MODULE_ARGS": {**args, "_ansible_check_mode": check_mode}}, handle)
     done = subprocess.run([sys.executable, os.path.join(MODULES, f"{module}.py"), args_file], capture_output=True,
                           text=True, check=False, timeout=process_timeout,
-                          env={**os.environ, "PYTHONPATH": _COLLECTIONS})
+                          env={**os.environ, "PYTHONPATH": COLLECTIONS, **(env or {})})
     assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
     return json.loads(done.stdout)
+
+
+def path_with(directory, *programs: str) -> str:
+    """A PATH of one directory holding links to only these programs of this machine."""
+    os.makedirs(directory, exist_ok=True)
+    for name in programs:
+        os.symlink(shutil.which(name), os.path.join(directory, name))
+    return str(directory)
+
+
+def qemu_program() -> Program:
+    """This machine's QEMU for module_utils tests that only start it as a child of their own (the probe QEMU).
+
+    A short run through the Program's runner, which modules build on run_command, fails the test.
+    """
+    def no_short_runs(argv: list[str], timeout: float, umask: int | None = None) -> Completed:
+        raise AssertionError(f"unexpected run of {argv} (timeout {timeout}, umask {umask})")
+    if QEMU is None:
+        pytest.fail("qemu-system-x86_64 is required for the unit tests")
+    return Program(QEMU, no_short_runs)
 
 
 class Qemu:

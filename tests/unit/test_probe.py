@@ -4,15 +4,16 @@ import os
 import re
 import tempfile
 
+import conftest
 import pytest
 
 from ansible_collections.livemig.qemu.plugins.module_utils._probe import (
-    Probe, ProbeError, find_binary, host_facts, resolve_machine)
+    Probe, ProbeError, host_facts, resolve_machine)
 
 
 @pytest.fixture(scope="module")
 def facts():
-    return host_facts("qemu-system-x86_64", check_kvm=False)
+    return host_facts(conftest.qemu_program(), check_kvm=False)
 
 
 def test_host_facts_version(facts):
@@ -64,20 +65,8 @@ def test_host_facts_cpu_models(facts):
 
 def test_host_facts_leaves_no_probe_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    assert host_facts("qemu-system-x86_64", check_kvm=False)["version"].startswith("10.")
+    assert host_facts(conftest.qemu_program(), check_kvm=False)["version"].startswith("10.")
     assert not os.listdir(tmp_path)
-
-
-def test_find_binary():
-    assert find_binary("qemu-system-x86_64").endswith("/qemu-system-x86_64")
-    with pytest.raises(ProbeError) as caught:
-        find_binary("qemu-system-nonexistent-arch")
-    assert "'qemu-system-nonexistent-arch' not found" in str(caught.value)
-
-
-def test_host_facts_with_a_missing_binary():
-    with pytest.raises(ProbeError, match="not found"):
-        host_facts("qemu-system-nonexistent-arch", check_kvm=False)
 
 
 def test_probe_of_a_binary_that_is_not_qemu():

@@ -113,7 +113,7 @@ def test_schema_says_qemu_10_loads_and_saves_files(qemu, sessions):
 
 
 def test_host_facts_list_the_state_transports():
-    assert host_facts("qemu-system-x86_64", check_kvm=False)["state_transports"] == ["exec", "file"]
+    assert host_facts(conftest.qemu_program(), check_kvm=False)["state_transports"] == ["exec", "file"]
 
 
 # -- save and restore ------------------------------------------------------------------------

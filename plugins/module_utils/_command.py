@@ -1,0 +1,44 @@
+# Copyright: livemig.qemu contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A program on this host as module_utils see it: a path, and a way to run it with a deadline.
+
+The module finds the program (AnsibleModule.get_bin_path) and supplies the runner (AnsibleModule.run_command,
+see _module.find_program), so module_utils never touch AnsibleModule.
+
+Private to the livemig.qemu collection.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+TOOL_TIMEOUT = 60.0  # seconds a quick tool (qemu-img info, create, map) may take before it counts as hung
+
+
+@dataclass(frozen=True)
+class Completed:
+    rc: int
+    stdout: str
+    stderr: str
+
+
+class CommandTimeout(RuntimeError):
+    """The program was still running at its deadline and was killed."""
+
+
+class Runner(Protocol):
+    def __call__(self, argv: list[str], timeout: float, umask: int | None = None) -> Completed:
+        """Run argv to its end, stdout and stderr captured; raise CommandTimeout after `timeout` seconds."""
+
+
+@dataclass(frozen=True)
+class Program:
+    path: str
+    runner: Runner
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    def run(self, *args: str, timeout: float, umask: int | None = None) -> Completed:
+        return self.runner([self.path, *args], timeout, umask)
