@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The benchmark matrix of DESIGN section 8 in the two-host lab: policies x workloads x links, 3 runs each.
+"""The benchmark matrix of docs/benchmarks.md in the two-host lab: policies x workloads x links, 3 runs each.
 
 Every run moves the test guest with the documented migrate playbook and is checked (heartbeats continue, no
 page-check failure, disk ring intact, rest of the disk identical). One VM per workload and link is moved back and

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark matrix (DESIGN section 8): set up this Debian 12 machine, build the test guest, bring the lab up,
+# The benchmark matrix (docs/benchmarks.md): set up this Debian 12 machine, build the test guest, bring the lab up,
 # run benchmarks/run.py (arguments pass through, e.g. --smoke or --runs 1), tear the lab down.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)

@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
 # Bring up the two-host test lab: network namespaces hv1/hv2 on bridge lmbr0,
-# each running its own sshd. Idempotent: re-running on a lab that is up
+# each running its own sshd, then prepare both hosts with the playbook
+# livemig.qemu.prepare (role livemig.qemu.hypervisor: a venv per host, the
+# image/run/state directories). Idempotent: re-running on a lab that is up
 # converges to the same state and exits 0.
+#
+# Environment:
+#   LAB_DIR                   the lab's state (default /var/lib/livemig-lab)
+#   LAB_VENV                  the controller venv with ansible-playbook and pip (default <repo>/.venv)
+#   LAB_WHEEL_DIR             wheels of requirements-host.txt for the hosts, which have no internet; filled with
+#                             pip download from this (root) namespace (default $LAB_DIR/wheels)
+#   LIVEMIG_COLLECTIONS_PATH  where livemig.qemu is installed (default: <repo>/collections, a link to the repo)
 set -euo pipefail
 
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LAB_DIR="${LAB_DIR:-/var/lib/livemig-lab}"
-LAB_PYTHON="${LAB_PYTHON:-/usr/bin/python3}"
+LAB_VENV="${LAB_VENV:-$REPO/.venv}"
+LAB_WHEEL_DIR="${LAB_WHEEL_DIR:-$LAB_DIR/wheels}"
 BR=lmbr0
 BR_ADDR=198.18.0.254/24
 HOSTS=(hv1 hv2)
@@ -44,23 +55,29 @@ write_if_changed() {
     return 0
 }
 
+# The lab's tools, and the packages the hypervisor role installs apart from QEMU (scripts/setup.sh brings QEMU 10):
+# the hosts share this machine's filesystem but have no internet, so apt must find them installed.
 ensure_packages() {
-    local missing=0 c
+    local missing=0 c p
     for c in /usr/sbin/sshd ssh ssh-keygen ip tc ping; do
         command -v "$c" >/dev/null 2>&1 || missing=1
     done
+    for p in python3-venv python3-packaging; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing=1
+    done
     [ "$missing" -eq 0 ] && return 0
-    local pkgs=(openssh-server openssh-client iproute2 iputils-ping)
+    local pkgs=(openssh-server openssh-client iproute2 iputils-ping python3-venv python3-packaging)
     log "installing ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y "${pkgs[@]}" >/dev/null ||
         { apt-get update >/dev/null && apt-get install -y "${pkgs[@]}" >/dev/null; }
 }
 
+# The hosts' own directories (venv, images, run, state) come from the hypervisor role.
 ensure_dirs() {
     local h
     for h in "${HOSTS[@]}"; do
-        mkdir -p "$LAB_DIR/$h/images" "$LAB_DIR/$h/run" "$LAB_DIR/$h/state" "$SSH_DIR/$h"
+        mkdir -p "$SSH_DIR/$h"
     done
     mkdir -p "$LAB_DIR/shared"
     chmod 0700 "$SSH_DIR"
@@ -180,7 +197,7 @@ ensure_sshd() {
     # gives the host its own hostname (hv1/hv2) for ssh sessions.
     # shellcheck disable=SC2016  # $1..$3 are expanded by the inner sh, from the arguments after the script
     ip netns exec "$h" unshare --uts -- sh -c 'hostname "$1" && exec /usr/sbin/sshd -f "$2" -E "$3"' \
-        sshd-"$h" "$h" "$cfg" "$SSH_DIR/$h/sshd.log" </dev/null
+        sshd-"$h" "$h" "$cfg" "$SSH_DIR/$h/sshd.log" </dev/null 9>&-
 }
 
 control_path() {
@@ -228,13 +245,18 @@ all:
         ansible_user: root
         ansible_ssh_private_key_file: "$SSH_DIR/id_ed25519"
         ansible_ssh_common_args: '-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'
-        ansible_python_interpreter: "$LAB_PYTHON"
+        # The hosts have no internet and share this machine's packages (livemig.qemu.prepare finds them installed)
+        # and filesystem: one venv per host, so that two pip runs never share one.
+        livemig_hypervisor_apt_update_cache: false
+        livemig_hypervisor_pip_wheel_dir: "$LAB_WHEEL_DIR"
       hosts:
 EOF
         for h in "${HOSTS[@]}"; do
             cat <<EOF
         $h:
           ansible_host: $(host_ip "$h")
+          livemig_hypervisor_venv: "$LAB_DIR/$h/venv"
+          ansible_python_interpreter: "$LAB_DIR/$h/venv/bin/python"
           livemig_image_dir: "$LAB_DIR/$h/images"
           livemig_run_dir: "$LAB_DIR/$h/run"
           livemig_state_dir: "$LAB_DIR/$h/state"
@@ -258,6 +280,57 @@ wait_ssh() {
     done
 }
 
+# Wheels of the host requirements, downloaded again only when requirements-host.txt changes.
+ensure_wheels() {
+    local stamp="$LAB_WHEEL_DIR/.requirements.sha256" wanted
+    wanted=$(sha256sum "$REPO/requirements-host.txt" | cut -d' ' -f1)
+    [ "$(cat "$stamp" 2>/dev/null)" = "$wanted" ] && return 0
+    [ -x "$LAB_VENV/bin/python" ] || die "no Python in LAB_VENV=$LAB_VENV (run scripts/setup.sh, or set LAB_VENV)"
+    log "downloading the host requirements into $LAB_WHEEL_DIR"
+    mkdir -p "$LAB_WHEEL_DIR"
+    "$LAB_VENV/bin/python" -m pip download -q --disable-pip-version-check --only-binary=:all: \
+        -d "$LAB_WHEEL_DIR" -r "$REPO/requirements-host.txt" ||
+        die "pip download of $REPO/requirements-host.txt failed (the hosts need these wheels)"
+    echo "$wanted" >"$stamp"
+}
+
+# The collection the way the test harness finds it: LIVEMIG_COLLECTIONS_PATH (the installed tarball in CI), else
+# <repo>/collections with a link to this work tree.
+collections_path() {
+    if [ -n "${LIVEMIG_COLLECTIONS_PATH:-}" ]; then
+        echo "$LIVEMIG_COLLECTIONS_PATH"
+        return 0
+    fi
+    local link="$REPO/collections/ansible_collections/livemig/qemu"
+    if [ ! -e "$link" ]; then
+        mkdir -p "$(dirname "$link")"
+        ln -sfn "$REPO" "$link"
+    fi
+    echo "$REPO/collections"
+}
+
+prepare_hosts() {
+    local log_file="$LAB_DIR/prepare.log"
+    [ -x "$LAB_VENV/bin/ansible-playbook" ] ||
+        die "no ansible-playbook in LAB_VENV=$LAB_VENV (run scripts/setup.sh, or set LAB_VENV)"
+    if ! ANSIBLE_COLLECTIONS_PATH=$(collections_path) ANSIBLE_HOST_KEY_CHECKING=False ANSIBLE_PIPELINING=True \
+        ANSIBLE_STDOUT_CALLBACK=default ANSIBLE_CALLBACK_RESULT_FORMAT=json ANSIBLE_NOCOLOR=1 \
+        "$LAB_VENV/bin/ansible-playbook" -i "$LAB_DIR/inventory.yml" livemig.qemu.prepare </dev/null >"$log_file" 2>&1 9>&-
+    then
+        tail -n 30 "$log_file" >&2
+        die "preparing the hosts failed; see $log_file"
+    fi
+    # The role's report: one line per host.
+    awk '/^ok: \[/ { host = $2 } /^ *"msg": "QEMU / { sub(/^ *"msg": "/, ""); sub(/"$/, ""); print "lab-up: " host " " $0 }' \
+        "$log_file" >&2
+}
+
+# One lab-up at a time: helpers and tests may share the lab. The daemons it starts do not keep the lock (9>&-).
+mkdir -p "$LAB_DIR"
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$LAB_DIR/.lab-up.lock"
+    flock 9
+fi
 ensure_packages
 ensure_dirs
 ensure_keys
@@ -266,4 +339,6 @@ for h in "${HOSTS[@]}"; do ensure_sshd "$h"; done
 write_ssh_config
 write_inventory
 wait_ssh
+ensure_wheels
+prepare_hosts
 echo "livemig lab up: hv1=198.18.0.1 hv2=198.18.0.2 bridge=$BR($BR_ADDR) inventory=$LAB_DIR/inventory.yml ssh: ssh -F $LAB_DIR/ssh_config hv1"

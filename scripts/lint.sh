@@ -3,19 +3,23 @@
 #   1. ansible-lint (offline, production profile; settings in .ansible-lint)
 #   2. antsibull-changelog lint (changelog fragments and changelogs/changelog.yaml)
 #   3. ansible-doc renders every module, every filter and every role with meta/argument_specs.yml
-#   4. scripts/sanity.sh (ansible-test sanity)
+#   4. antsibull-docs: lint-collection-docs --plugin-docs, then the collection's RST docs are generated (one page per
+#      module, filter and role), as a docs site would build them
+#   5. the relative links in README.md and docs/ resolve (scripts/check_links.py)
+#   6. scripts/sanity.sh (ansible-test sanity)
 # Every step runs; the script exits non-zero when any of them failed.
 #
 # Environment:
-#   VENV               the venv with ansible-core, ansible-lint, antsibull-changelog (default: <repo>/.venv)
-#   LINT_SKIP_SANITY=1 leave out step 4
+#   VENV               the venv with ansible-core, ansible-lint, antsibull-changelog, antsibull-docs
+#                      (default: <repo>/.venv)
+#   LINT_SKIP_SANITY=1 leave out step 6
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VENV:-$REPO/.venv}
 case $VENV in /*) ;; *) VENV=$REPO/$VENV ;; esac
 export VENV
-for tool in ansible-lint antsibull-changelog ansible-doc; do
+for tool in ansible-lint antsibull-changelog antsibull-docs ansible-doc; do
     if [[ ! -x $VENV/bin/$tool ]]; then
         echo "lint: no $tool in $VENV (set VENV)" >&2
         exit 2
@@ -74,9 +78,33 @@ changelog_lint() {
     antsibull-changelog lint && antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
 }
 
+# The docs as a docs site builds them. A page missing for a module, filter or role fails too.
+collection_docs() {
+    local collection=$WORK/ansible_collections/livemig/qemu rst=$WORK/rst rc=0 path page
+    antsibull-docs lint-collection-docs --plugin-docs "$collection" || rc=1
+    mkdir -m 0700 "$rst"
+    antsibull-docs collection --use-current --fail-on-error --squash-hierarchy --dest-dir "$rst" livemig.qemu || return 1
+    for path in plugins/modules/*.py plugins/filter/*.yml roles/*/meta/argument_specs.yml; do
+        case $path in
+            plugins/modules/*) page=$(basename "$path" .py)_module.rst ;;
+            plugins/filter/*) page=$(basename "$path" .yml)_filter.rst ;;
+            *) page=${path#roles/}; page=${page%%/*}_role.rst ;;
+        esac
+        [[ $page == __init___module.rst ]] && continue
+        if [[ ! -s $rst/$page ]]; then
+            echo "antsibull-docs: no $page for $path"
+            rc=1
+        fi
+    done
+    echo "antsibull-docs: $(find "$rst" -name '*.rst' | wc -l) RST pages"
+    return "$rc"
+}
+
 step ansible-lint ansible-lint --offline --profile production --nocolor
 step changelog changelog_lint
 step ansible-doc ansible_doc_all
+step antsibull-docs collection_docs
+step doc-links "$VENV/bin/python" scripts/check_links.py
 if [[ ${LINT_SKIP_SANITY:-0} != 1 ]]; then
     step sanity "$REPO/scripts/sanity.sh"
 fi

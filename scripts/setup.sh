@@ -18,13 +18,19 @@ SOURCES
 fi
 
 packages=(openssh-server openssh-client iproute2 iputils-ping rsync gcc libc6-dev binutils cpio gzip xz-utils zstd
-          python3-venv git shellcheck)
+          python3-venv python3-apt python3-packaging git shellcheck)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || missing+=("$package")
 done
-qemu_major=$(qemu-system-x86_64 --version 2>/dev/null | awk 'NR==1{split($4, v, "."); print v[1]}')
-export DEBIAN_FRONTEND=noninteractive
+# QEMU 10 with qemu-utils (qemu-img, qemu-nbd); on a bare machine none of them is there yet.
+qemu_major=0
+if command -v qemu-system-x86_64 >/dev/null 2>&1 && command -v qemu-img >/dev/null 2>&1 &&
+        command -v qemu-nbd >/dev/null 2>&1; then
+    qemu_major=$(qemu-system-x86_64 --version | awk 'NR==1{split($4, v, "."); print v[1]}')
+fi
+# DEBCONF_NOWARNINGS: no "delaying package configuration, since apt-utils is not installed" on a bare machine.
+export DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes
 if [ "${#missing[@]}" -gt 0 ] || [ "${qemu_major:-0}" -lt 10 ]; then
     apt-get update -q >/dev/null
     [ "${#missing[@]}" -eq 0 ] || apt-get install -y -q "${missing[@]}" >/dev/null
@@ -60,7 +66,9 @@ install_qemu72() {
         (cd "$debs" && ls ./*.deb) > "$dir/debs.txt"
         rm -rf "$debs"
     fi
-    if ldd "$binary" "$tcg" | grep -q 'not found'; then
+    # Not `ldd | grep -q`: grep -q may exit before ldd has written all, and pipefail then reads it as "no match".
+    unresolved() { ldd "$binary" "$tcg" | grep 'not found' || true; }
+    if [ -n "$(unresolved)" ]; then
         # The binary's own shared-library dependencies, minus the QEMU packages it replaces; bookworm versions,
         # as backports has priority 100.
         local libs=() package
@@ -69,7 +77,10 @@ install_qemu72() {
             dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'ok installed' || libs+=("$package")
         done
         [ "${#libs[@]}" -eq 0 ] || { apt-get update -q >/dev/null; apt-get install -y -q "${libs[@]}" >/dev/null; }
-        if ldd "$binary" "$tcg" | grep 'not found' >&2; then
+        local still
+        still=$(unresolved)
+        if [ -n "$still" ]; then
+            printf '%s\n' "$still" >&2
             echo "setup.sh: QEMU 7.2 in $root still lacks the shared libraries above" >&2
             return 1
         fi
@@ -89,11 +100,12 @@ WRAPPER
         chmod 755 "$wrapper.new"
         mv "$wrapper.new" "$wrapper"
     fi
-    if ! "$wrapper" --version | grep -q '^QEMU emulator version 7\.2\.'; then
-        echo "setup.sh: $wrapper is not QEMU 7.2" >&2
-        return 1
-    fi
-    "$wrapper" --version | sed -n 1p
+    local version
+    version=$("$wrapper" --version | sed -n 1p)
+    case $version in
+        "QEMU emulator version 7.2."*) echo "$version" ;;
+        *) echo "setup.sh: $wrapper is not QEMU 7.2: ${version:-no version}" >&2; return 1 ;;
+    esac
 }
 install_qemu72
 
@@ -104,7 +116,10 @@ fi
 stamp="$venv/.requirements.sha256"
 wanted=$(sha256sum "$repo/requirements-dev.txt" | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$repo/requirements-dev.txt"
+    # pip warns once per package about each configured index or find-links location that does not exist (a
+    # machine's pip.conf may name local mirrors): drop those lines, keep everything else on stderr.
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$repo/requirements-dev.txt" 2>&1 |
+        sed "/^WARNING: Location '.*' is ignored: /d" >&2
     echo "$wanted" > "$stamp"
 fi
 echo "ansible-core $("$venv/bin/python" -c "import ansible.release as r; print(r.__version__)")"

@@ -15,6 +15,9 @@ tests/guest/build.sh >/dev/null
 step "unit tests"
 python -m pytest -q -p no:cacheprovider tests/unit
 
+step "fresh Debian 12 root: scripts/setup.sh from nothing"
+scripts/check-fresh-root.sh
+
 step "build and install the collection"
 work=$(mktemp -d /tmp/livemig-test.XXXXXX)
 cleanup() { LAB_DIR="${LAB_DIR:-/var/lib/livemig-lab}" lab/lab-down.sh >/dev/null || true; rm -rf "$work"; }
@@ -24,8 +27,11 @@ ansible-galaxy collection install --offline --force -p "$work/collections" "$wor
 export LIVEMIG_COLLECTIONS_PATH="$work/collections" ANSIBLE_COLLECTIONS_PATH="$work/collections"
 ansible-doc livemig.qemu.qemu_migrate >/dev/null
 
+step "package check (tarball allow-list, execution environment)"
+scripts/check-package.sh
+
 step "two-host lab"
-LAB_PYTHON="$repo/.venv/bin/python" lab/lab-up.sh
+lab/lab-up.sh  # the lab, its hosts prepared by livemig.qemu.prepare from the installed collection
 
 step "integration tests (installed collection)"
 python -m pytest -q -p no:cacheprovider tests/integration

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: qemu_block_mirror
 short_description: Mirror a running VM's disk into an NBD export on another host
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - Attaches the target's NBD export as a block node of the source QEMU and starts C(blockdev-mirror) (full sync)
     into it, while the guest keeps running and writing.

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: qemu_facts
 short_description: What this host's QEMU can do, and the VMs this host knows
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - Starts a throw-away QEMU (C(-machine none -S)) and asks it for its version, machine types, CPU models, migration
     capabilities and parameters.

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: qemu_migrate
 short_description: Source side of a live migration, from pre-copy through switchover
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - Runs on the source host. Sets the capabilities and parameters, starts C(migrate) to the target's URI and
     follows QEMU's migration events.

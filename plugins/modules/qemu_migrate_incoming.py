@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: qemu_migrate_incoming
 short_description: Target side of a live migration - listen for it, or wait until it has completed
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - The VM must have been started with C(-incoming defer) (M(livemig.qemu.qemu_vm) with O(ignore:state=incoming)).
   - V(listening) sets the migration capabilities and parameters that must match the source, then listens on

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: qemu_nbd_export
 short_description: Export a VM's disks over NBD from its own QEMU, for a disk mirror to write into
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - Starts QEMU's built-in NBD server bound to one address (never all addresses) and exports the given disks
     writable, each under an unguessable export name.

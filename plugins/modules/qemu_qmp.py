@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: qemu_qmp
 short_description: Run any QMP command on a VM's monitor
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - Sends one QMP command to the VM's monitor and returns QEMU's answer, optionally filtered by a JMESPath query.
   - Commands named C(query-*) only read; they report no change and also run in check mode. Any other command

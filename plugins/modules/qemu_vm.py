@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: qemu_vm
 short_description: Run, prepare as migration target, stop or remove a QEMU VM on this host
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - Starts a VM from its spec (one C(livemig_vms) entry), daemonized, with its QMP monitors and serial console
     on unix sockets in O(run_dir).

@@ -231,8 +231,14 @@ def build_guest() -> dict[str, str]:
 
 
 def lab_up() -> None:
-    environment = {**os.environ, "LAB_DIR": LAB_DIR, "LAB_PYTHON": sys.executable}
-    subprocess.run([os.path.join(REPO, "lab", "lab-up.sh")], check=True, env=environment, capture_output=True)
+    """Bring the lab up and prepare its hosts with livemig.qemu.prepare, run by this venv's Ansible on the
+    collection under test."""
+    environment = {**os.environ, "LAB_DIR": LAB_DIR, "LAB_VENV": sys.prefix,
+                   "LIVEMIG_COLLECTIONS_PATH": collections_path()}
+    done = subprocess.run([os.path.join(REPO, "lab", "lab-up.sh")], env=environment, capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"lab/lab-up.sh failed (exit {done.returncode}):\n{done.stderr}")
 
 
 def lab_down() -> None:

@@ -1,5 +1,5 @@
 """Measured moves of a VM under load in the lab, each with the correctness checks: used by the demo and the
-benchmarks (DESIGN section 8)."""
+benchmarks (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import statistics
