@@ -81,7 +81,7 @@ options:
   powerdown_timeout:
     description: With O(state=stopped), seconds to wait for the guest to power off before QEMU is told to quit.
     type: float
-    default: 60
+    default: 120
 requirements:
   - QEMU, O(qemu_binary) (Debian package qemu-system-x86), and qemu-img (Debian package qemu-utils) to create disks
 author:
@@ -172,7 +172,7 @@ def main() -> None:
             accel={"type": "str", "choices": ["kvm", "tcg"]},
             disk_sizes={"type": "dict", "default": {}},
             keep_disks={"type": "bool", "default": False},
-            powerdown_timeout={"type": "float", "default": 60},
+            powerdown_timeout={"type": "float", "default": 120},
         ),
         supports_check_mode=True,
         required_if=[("state", "running", ("spec", "image_dir")),

@@ -45,7 +45,7 @@ options:
   timeout:
     description: Seconds the transfer of the state may take before it is abandoned.
     type: float
-    default: 600
+    default: 3600
   resume:
     description: With O(state=restored), start the VM once its state is loaded; V(false) leaves it paused.
     type: bool
@@ -231,7 +231,7 @@ def main() -> None:
         vm_argument_spec(
             state={"type": "str", "required": True, "choices": ["saved", "restored", "absent"]},
             path={"type": "path"},
-            timeout={"type": "float", "default": 600},
+            timeout={"type": "float", "default": 3600},
             resume={"type": "bool", "default": True},
         ),
         supports_check_mode=True,
