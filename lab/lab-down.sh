@@ -13,12 +13,8 @@ log() { echo "lab-down: $*" >&2; }
 
 [ "$(id -u)" -eq 0 ] || { log "must run as root"; exit 1; }
 
-alive() {
-    local pid=$1 state
-    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
-    state=$(sed -E 's/^.*\) (.).*$/\1/' "/proc/$pid/stat" 2>/dev/null) || return 1
-    [ "$state" != Z ]
-}
+# shellcheck source=lab/processes.sh
+. "$(dirname "${BASH_SOURCE[0]}")/processes.sh"
 
 # kill_pids PID...: TERM, wait up to ~3 s, then KILL whatever is left.
 kill_pids() {

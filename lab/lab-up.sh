@@ -33,13 +33,8 @@ host_ip() { echo "198.18.0.${1#hv}"; }
 MIG_BR=lmbr1
 mig_ip() { echo "198.18.0.10${1#hv}"; }
 
-# A pid is alive if it exists and is not a zombie.
-alive() {
-    local pid=$1 state
-    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
-    state=$(sed -E 's/^.*\) (.).*$/\1/' "/proc/$pid/stat" 2>/dev/null) || return 1
-    [ "$state" != Z ]
-}
+# shellcheck source=lab/processes.sh
+. "$(dirname "${BASH_SOURCE[0]}")/processes.sh"
 
 # Write stdin to $1 only when the content differs; returns 0 if it changed.
 write_if_changed() {

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Print the figures the architecture is judged by: code lines per module beside its docs, and the
 live_migration role's set_fact tasks and _livemig_* variables. --json FILE also saves them."""
 from __future__ import annotations

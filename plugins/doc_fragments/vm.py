@@ -11,28 +11,59 @@ options:
       - Name of the VM. Letters, digits, V(.), V(_) and V(-); no V(/) and no V(..).
     type: str
     required: true
+  host:
+    description:
+      - This host's locations for VMs, in one dict, for example the one the C(livemig.qemu.live_migration) role
+        builds from a host's C(livemig_run_dir), C(livemig_image_dir), C(livemig_state_dir), C(livemig_shared_dir)
+        and C(livemig_qemu_binary).
+      - Give either this or the separate options O(run_dir), O(image_dir), O(state_dir) and O(shared_dir).
+    type: dict
+    suboptions:
+      run_dir:
+        description:
+          - This host's directory for the VM's volatile files.
+          - The QMP sockets are C(<run_dir>/<name>.qmp) (mode 0600) and C(<run_dir>/<name>.job.qmp),
+            the serial console C(<run_dir>/<name>.serial).
+        type: path
+        required: true
+      image_dir:
+        description:
+          - This host's directory for disk images; the disk C(D) of VM O(name) is C(<image_dir>/<name>-D.<format>).
+          - Defaults to O(host.run_dir).
+        type: path
+      state_dir:
+        description:
+          - This host's directory for its record of the VM (ownership, pinned machine type and accelerator) and for
+            a state file of the stateful path, C(<state_dir>/<name>.state).
+          - Defaults to O(host.image_dir).
+        type: path
+      shared_dir:
+        description:
+          - This host's path to the storage it shares with other hosts. Disks with C(shared=true) live there, as
+            C(<shared_dir>/<name>-D.<format>); the path may differ from host to host. Empty means none.
+          - Defaults to O(host.image_dir).
+        type: path
+      qemu_binary:
+        description: QEMU system emulator of this host, for the modules that start one.
+        type: str
+        default: qemu-system-x86_64
   run_dir:
     description:
-      - This host's directory for the VM's volatile files.
-      - The QMP sockets are C(<run_dir>/<name>.qmp) (mode 0600) and C(<run_dir>/<name>.job.qmp),
-        the serial console C(<run_dir>/<name>.serial).
+      - This host's directory for the VM's volatile files, as O(host.run_dir).
+      - Required unless O(host) is given.
     type: path
-    required: true
   image_dir:
     description:
-      - This host's directory for disk images; the disk O(name)-C(D) is C(<image_dir>/<name>-D.<format>).
-      - Defaults to O(run_dir).
+      - This host's directory for disk images, as O(host.image_dir). Defaults to O(run_dir).
     type: path
   state_dir:
     description:
-      - This host's directory for its record of the VM (ownership, pinned machine type and accelerator).
-      - Defaults to O(image_dir).
+      - This host's directory for its record of the VM and its state file, as O(host.state_dir).
+        Defaults to O(image_dir).
     type: path
   shared_dir:
     description:
-      - This host's path to the storage it shares with other hosts. Disks with C(shared=true) live there, as
-        C(<shared_dir>/<name>-D.<format>); the path may differ from host to host.
-      - Defaults to O(image_dir).
+      - This host's path to shared storage, as O(host.shared_dir). Defaults to O(image_dir).
     type: path
   connect_timeout:
     description:

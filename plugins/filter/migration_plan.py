@@ -1,11 +1,15 @@
 # Copyright: livemig.qemu contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The migration plan, computed on the controller from both hosts' facts: see migration_plan.yml."""
+"""Planning a move on the controller: the request check, whether the target must test KVM, and the plan itself.
+
+See migration_request_problem.yml, migration_needs_kvm.yml and migration_plan.yml.
+"""
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.livemig.qemu.plugins.module_utils._negotiate import PlanError, make_plan
+from ansible_collections.livemig.qemu.plugins.module_utils._negotiate import PlanError, make_plan, needs_kvm_check
+from ansible_collections.livemig.qemu.plugins.module_utils._situation import request_problem
 
 
 def migration_plan(request):
@@ -22,6 +26,17 @@ def migration_plan(request):
         raise AnsibleFilterError(f"migration_plan: malformed facts or spec ({exc!r})") from None
 
 
+def migration_request_problem(vm, vms, source, target, target_known):
+    return request_problem(vm, vms, source, target, bool(target_known))
+
+
+def migration_needs_kvm(source_facts, vm, spec, method="auto", allow_cold=False):
+    if not isinstance(source_facts, dict) or not isinstance(spec, dict):
+        raise AnsibleFilterError("migration_needs_kvm expects the source's livemig_qemu facts and the VM's spec (dicts)")
+    return needs_kvm_check(vm, source_facts, spec, method, allow_cold)
+
+
 class FilterModule:
     def filters(self):
-        return {"migration_plan": migration_plan}
+        return {"migration_plan": migration_plan, "migration_request_problem": migration_request_problem,
+                "migration_needs_kvm": migration_needs_kvm}

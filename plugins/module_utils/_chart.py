@@ -16,17 +16,18 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import SpecError, check_vm_name
 
 MIB = 1 << 20
 EPOCH_FLOOR = 1e9  # a time below this (2001) is seconds since the migration started, not an epoch time
 
 
-class ReportError(ValueError):
+class ReportError(LivemigError, ValueError):
     """The migration result cannot be reported; the message says why."""
 
 
-class ChartUnavailable(RuntimeError):
+class ChartUnavailable(LivemigError):
     """matplotlib cannot be imported on this controller."""
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
+
 TOOL_TIMEOUT = 60.0  # seconds a quick tool (qemu-img info, create, map) may take before it counts as hung
 
 
@@ -22,7 +24,7 @@ class Completed:
     stderr: str
 
 
-class CommandTimeout(RuntimeError):
+class CommandTimeout(LivemigError):
     """The program was still running at its deadline and was killed."""
 
 

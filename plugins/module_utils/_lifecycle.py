@@ -9,46 +9,60 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.livemig.qemu.plugins.module_utils import _probe, _vmhost
+from ansible_collections.livemig.qemu.plugins.module_utils import _files, _probe, _qemuimg, _vmhost
 from ansible_collections.livemig.qemu.plugins.module_utils._command import Program
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from ansible_collections.livemig.qemu.plugins.module_utils._state import (
     HostRecord, load_record, remove_record, save_record)
 from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import (
-    SpecError, VMSpec, build_argv, parse_spec)
-from ansible_collections.livemig.qemu.plugins.module_utils._module import qemu_system, qemu_tool, vm_paths
+    Disk, SpecError, VMSpec, build_argv, parse_spec)
 
 STALE = "postmigrate"
+MIB = 1024 * 1024
+# Failures of these steps are about the VM: their messages get its name in front.
+VM_FAILURES = (SpecError, _probe.ProbeError, _vmhost.VMHostError, _qemuimg.ImageError, QMPError)
+
+
+def run(task: Any) -> dict[str, Any]:
+    """qemu_vm: bring the VM on this host to the state asked for."""
+    lifecycle = VMLifecycle(task)
+    try:
+        getattr(lifecycle, f"ensure_{task.params['state']}")()
+    except _CheckModeStop:
+        pass
+    except VM_FAILURES as exc:
+        raise lifecycle.failure(str(exc)) from exc
+    return lifecycle.finish()
+
+
+class _CheckModeStop(Exception):
+    """In check mode, the first change ends the run: the result says what would happen."""
 
 
 class VMLifecycle:
-    def __init__(self, module: AnsibleModule):
-        self.module = module
-        self.params = module.params
-        self.paths = vm_paths(module)
+    def __init__(self, task: Any):
+        self.task = task
+        self.check_mode = task.check_mode
+        self.params = task.params
+        self.paths = task.paths
         self.record = load_record(self.paths.record, self.paths.vm)
         self.pid = _vmhost.running_pid(self.paths)
         self.result: dict[str, Any] = {"changed": False, "sockets": {
             "qmp": self.paths.qmp, "job_qmp": self.paths.job_qmp, "serial": self.paths.serial}}
 
-    def fail(self, msg: str, **extra: Any) -> None:
-        self.module.fail_json(msg=f"VM {self.paths.vm}: {msg}", **extra)
+    def failure(self, msg: str) -> LivemigError:
+        return LivemigError(f"VM {self.paths.vm}: {msg}")
 
-    def apply(self) -> None:
-        try:
-            getattr(self, f"ensure_{self.params['state']}")()
-        except (SpecError, _probe.ProbeError, _vmhost.VMHostError, QMPError) as exc:
-            self.fail(str(exc))
-        self.finish()
+    def fail(self, msg: str) -> None:
+        raise self.failure(msg)
 
-    def finish(self) -> None:
+    def finish(self) -> dict[str, Any]:
         record = self.record
         self.result.update(owner=bool(record and record.owner), pid=self.pid,
                            machine=record.machine if record else None, accel=record.accel if record else None)
-        self.result.setdefault("status", self.status() if self.pid and not self.module.check_mode else None)
-        self.module.exit_json(**self.result)
+        self.result.setdefault("status", self.status() if self.pid and not self.check_mode else None)
+        return self.result
 
     def status(self) -> str | None:
         return _vmhost.vm_status(self.paths, self.params["connect_timeout"])
@@ -69,7 +83,7 @@ class VMLifecycle:
                       "(playbooks/start.yml checks every host), or migrate it here")
         self.check_memory(spec)
         self.changed()
-        qemu = qemu_system(self.module)
+        qemu = self.task.qemu()
         machine, accel = self.pinned_abi(qemu, spec)
         created = self.create_missing_disks(spec)
         self.launch(qemu, spec, machine, accel, incoming=False, created=created)
@@ -117,7 +131,7 @@ class VMLifecycle:
             self.fail("state=incoming is only for a migration target: set migration_target=true")
         self.check_memory(spec)
         self.changed()
-        qemu = qemu_system(self.module)
+        qemu = self.task.qemu()
         created = self.copied_local_disks(spec) if self.params["keep_disks"] else self.fresh_local_disks(spec)
         self.record = HostRecord(vm=self.paths.vm)
         self.launch(qemu, spec, self.params["machine"], self.params["accel"], incoming=True, created=created)
@@ -145,22 +159,22 @@ class VMLifecycle:
             for path in self.local_disk_paths():
                 if os.path.exists(path):
                     self.changed()
-                    _vmhost.remove_file(path)
+                    _files.remove(path)
         if self.record is not None:
             self.changed()
             remove_record(self.paths.record)
             self.record = None
-        if not self.module.check_mode:
+        if not self.check_mode:
             _vmhost.clean_run_files(self.paths)
-            _vmhost.remove_file(self.paths.log)
+            _files.remove(self.paths.log)
 
     # -- helpers ------------------------------------------------------------------------------
 
     def changed(self) -> None:
         """Mark the task changed; in check mode, stop here and report what would happen."""
         self.result["changed"] = True
-        if self.module.check_mode:
-            self.finish()
+        if self.check_mode:
+            raise _CheckModeStop
 
     def check_memory(self, spec: VMSpec) -> None:
         available = _probe.host_memory()["available_mb"]
@@ -202,7 +216,7 @@ class VMLifecycle:
             if not os.path.exists(path):
                 if disk.shared:
                     raise _vmhost.VMHostError(f"shared disk {disk.name} not found at {path}")
-                _vmhost.create_image(qemu_tool(self.module, "qemu-img"), path, disk)
+                self.create_image(path, disk)
                 created.append(path)
         return created
 
@@ -215,11 +229,13 @@ class VMLifecycle:
                 if not os.path.exists(path):
                     raise _vmhost.VMHostError(f"shared disk {disk.name} is not visible on this host at {path}")
                 continue
-            qemu_img = qemu_tool(self.module, "qemu-img")
-            _vmhost.remove_file(path)
-            _vmhost.create_image(qemu_img, path, disk, int(self.params["disk_sizes"].get(disk.name) or 0))
+            _files.remove(path)
+            self.create_image(path, disk, int(self.params["disk_sizes"].get(disk.name) or 0))
             created.append(path)
         return created
+
+    def create_image(self, path: str, disk: Disk, size: int = 0) -> None:
+        _qemuimg.create(self.task.tool("qemu-img"), path, disk.format, size or disk.size_mb * MIB)
 
     def copied_local_disks(self, spec: VMSpec) -> list[str]:
         """The stateful path copies the disks before the target starts: use them as they are."""
@@ -240,8 +256,7 @@ class VMLifecycle:
             if self.pid:
                 _vmhost.kill_qemu(self.pid)
                 self.pid = None
-            for path in created:
-                _vmhost.remove_file(path)
+            _files.remove(*created)
             _vmhost.clean_run_files(self.paths)
             raise
         self.record = self.record or HostRecord(vm=self.paths.vm)

@@ -7,137 +7,66 @@ end of the switchover happens here, in one process reacting to events: no
 Ansible task boundary and no poll interval sits inside the downtime.
 
 Once a second it samples query-migrate and the disk mirror jobs, writes the
-sample to a progress file, shares a bandwidth cap between RAM and the mirrors,
-and lets the convergence policy (`_convergence`) raise the downtime limit,
+sample to a progress file (`_progress`), shares a bandwidth cap between RAM and the
+mirrors, and lets the convergence policy (`_convergence`) raise the downtime limit,
 throttle the guest, switch to post-copy or give up.
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import os
+import enum
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _mirror
+from ansible_collections.livemig.qemu.plugins.module_utils import _mirror, _progress
 from ansible_collections.livemig.qemu.plugins.module_utils._convergence import (
     MIB, MIN_EXPECTED_RATE, Abort, Action, ConvergencePolicy, SetParameters, StartPostcopy, completion_timeout,
     make_policy, mib_s)
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
+from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import (
+    ACTIVE, POSTCOPY, POSTCOPY_RECOVERY, UNLIMITED_BANDWIDTH, abort_mirrors, cancel, check_request,
+    migration_status, resume_if_paused, run_state, set_capabilities, settled_state, undo, with_notes)
+from ansible_collections.livemig.qemu.plugins.module_utils._paths import mirror_job
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession, event_time
 
-UNLIMITED_BANDWIDTH = 1 << 40  # bytes/s
 QEMU_DEFAULT_BANDWIDTH = 128 * MIB  # QEMU's own max-bandwidth
 # QEMU's defaults, set at every start so that a throttle raised by an earlier run does not carry over.
 THROTTLE_DEFAULTS = {"cpu-throttle-initial": 20, "cpu-throttle-increment": 10, "max-cpu-throttle": 99}
-POSTCOPY = ("postcopy-active", "postcopy-paused", "postcopy-recover-setup", "postcopy-recover")
-ACTIVE = ("setup", "active", "cancelling", "pre-switchover", "device", "wait-unplug", *POSTCOPY)
 EVENTS = ("MIGRATION", "MIGRATION_PASS", "STOP", "RESUME", "BLOCK_JOB_READY", "BLOCK_JOB_ERROR",
           *_mirror.JOB_END_EVENTS)
-PAUSED = ("paused", "finish-migrate", "postmigrate")
-PHASES = ("mirror-sync", "pre-copy", "switchover", "post-copy")
-SAMPLE_KEYS = ("t", "phase", "status", "remaining", "total", "transferred", "mbps", "dirty_rate", "passes",
-               "throttle", "expected_downtime", "downtime_limit_ms", "disk_remaining", "disk_total")
 # The state machine sets these itself, from MigrationSettings.max_bandwidth and downtime_limit_ms.
 MANAGED_PARAMETERS = {"max-bandwidth": "max_bandwidth", "downtime-limit": "downtime_limit_ms"}
-UNREPORTED_PARAMETERS = ("block-bitmap-mapping",)  # settable, but absent from query-migrate-parameters until set
 SHARE_FLOOR = 0.10  # RAM keeps at least this part of a bandwidth cap the disk mirrors share
 SHARE_STEP = 0.10  # max-bandwidth changes only when the share moves by more than this
-PROGRESS_ACTIONS = 5  # the last actions a progress file shows
-POSTCOPY_RECOVERY = ("the guest's memory is split between the two hosts: recover it by resuming the post-copy "
-                     "(migrate-recover on the target, then migrate with resume=true on the source) once the link "
-                     "is back; never resume the source")
 
 
-class RequestError(ValueError):
-    """Capabilities or parameters this QEMU does not know, or that must be given another way."""
+class Phase(enum.Enum):
+    """Where the migration stands: the name it is reported by, and whether the target may have run the VM."""
+    SETUP = ("setup", False)
+    MIRROR_SYNC = ("mirror-sync", False)
+    PRE_COPY = ("pre-copy", False)
+    SWITCHOVER = ("switchover", False)  # paused at pre-switchover, the mirrors finish: nothing has left yet
+    DEVICE_STATE = ("switchover", True)  # migrate-continue sent: the device state may reach the target
+    POST_COPY = ("post-copy", True)  # the target runs the guest and pulls the rest of its memory from here
+
+    def __init__(self, reported: str, target_may_run: bool):
+        self.reported = reported
+        self.target_may_run = target_may_run
 
 
-def check_request(session: QMPSession, capabilities: list[str], parameters: dict[str, Any],
-                  managed: dict[str, str] | None = None) -> dict[str, Any]:
-    """Check names against what QEMU reports; the parameters with numbers and booleans given as strings converted."""
-    known_capabilities = [item["capability"] for item in session.execute("query-migrate-capabilities")]
-    current = session.execute("query-migrate-parameters")
-    problems = []
-    unknown = sorted(set(capabilities) - set(known_capabilities))
-    if unknown:
-        problems.append(f"unknown migration capabilities {', '.join(unknown)} "
-                        f"(this QEMU knows {', '.join(sorted(known_capabilities))})")
-    unknown = sorted(set(parameters) - set(current) - set(UNREPORTED_PARAMETERS))
-    if unknown:
-        problems.append(f"unknown migration parameters {', '.join(unknown)} "
-                        f"(this QEMU knows {', '.join(sorted([*current, *UNREPORTED_PARAMETERS]))})")
-    for name, option in (managed or {}).items():
-        if name in parameters:
-            problems.append(f"set {name} with the option {option}, not in parameters")
-    if problems:
-        raise RequestError("; ".join(problems))
-    return {name: _coerce(value, current.get(name)) for name, value in parameters.items()}
+class MigrationFailed(LivemigError):
+    """The migration did not complete; `statistics` (in `details`) hold what was measured until then."""
 
-
-def _coerce(value: Any, like: Any) -> Any:
-    """A value templated into a string, back to the type QEMU reports for the parameter."""
-    if not isinstance(value, str):
-        return value
-    if isinstance(like, bool):
-        return {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}.get(
-            value.lower(), value)
-    if isinstance(like, int) and value.strip().isdigit():
-        return int(value)
-    return value
-
-
-def cancel_migration(session: QMPSession, timeout: float = 30.0) -> bool:
-    """Cancel a migration in progress and wait until QEMU has stopped it; True if there was one."""
-    status = session.execute("query-migrate").get("status")
-    if status in POSTCOPY:
-        raise QMPError(f"the migration is {status}: cancelling it would lose the guest; {POSTCOPY_RECOVERY}",
-                       "migrate_cancel")
-    if status not in ACTIVE:
-        return False
-    session.execute("migrate_cancel")
-    deadline = time.monotonic() + timeout
-    while session.execute("query-migrate").get("status") in ACTIVE:
-        if time.monotonic() > deadline:
-            raise QMPError("the migration did not stop after migrate_cancel", "migrate_cancel")
-        time.sleep(0.05)
-    return True
-
-
-def resume_if_paused(session: QMPSession) -> bool:
-    """Resume a source the migration left paused. Only when the target provably never ran."""
-    if session.execute("query-status")["status"] not in PAUSED:
-        return False
-    status = session.execute("query-migrate").get("status")
-    if status in POSTCOPY:
-        raise QMPError(f"the migration is {status}: the target runs the guest; {POSTCOPY_RECOVERY}", "cont")
-    session.execute("cont")
-    return True
-
-
-def shared_bandwidth(cap: int, mirror_rate: float) -> int:
-    """RAM's part of a bandwidth cap it shares with the disk mirrors: what they leave, never under a tenth."""
-    return int(max(cap - mirror_rate, cap * SHARE_FLOOR))
-
-
-def write_progress(path: str, data: dict[str, Any]) -> None:
-    """Replace the progress file atomically: a reader sees the old or the new content, never half of one."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
-    os.replace(temporary, path)
-
-
-class MigrationFailed(Exception):
-    """The migration did not complete. `phase` says where; `source_running` whether the VM still runs here."""
-
-    def __init__(self, phase: str, cause: str, source_running: bool, stats: dict[str, Any] | None = None):
-        super().__init__(f"migration failed during {phase}: {cause}")
-        self.phase = phase
+    def __init__(self, phase: Phase, cause: str, source_running: bool, stats: dict[str, Any] | None = None):
+        super().__init__(f"migration failed during {phase.reported}: {cause}", phase=phase.reported,
+                         source_running=source_running, target_may_have_run=phase.target_may_run,
+                         details={"statistics": stats or {}})
         self.cause = cause
-        self.source_running = source_running
-        self.stats = stats or {}
+        self.stage = phase
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.details["statistics"]
 
 
 @dataclass
@@ -159,27 +88,9 @@ class MigrationSettings:
     timeout_min_rate: float = MIN_EXPECTED_RATE
 
 
-def sample(info: dict[str, Any], elapsed: float, phase: str = "pre-copy", downtime_limit_ms: int | None = None,
-           disk: tuple[int, int] = (0, 0)) -> dict[str, Any]:
-    """One point of the progress history, from a query-migrate answer and (remaining, total) of the disk mirrors."""
-    ram = info.get("ram", {})
-    page_size = ram.get("page-size", 4096)
-    return {"t": round(elapsed, 3), "phase": phase, "status": info.get("status"),
-            "remaining": ram.get("remaining"), "total": ram.get("total"), "transferred": ram.get("transferred"),
-            "mbps": ram.get("mbps"), "dirty_rate": ram.get("dirty-pages-rate", 0) * page_size,
-            "passes": ram.get("dirty-sync-count"), "throttle": info.get("cpu-throttle-percentage", 0),
-            "expected_downtime": info.get("expected-downtime"), "downtime_limit_ms": downtime_limit_ms,
-            "disk_remaining": disk[0], "disk_total": disk[1]}
-
-
-def describe(action: dict[str, Any]) -> str:
-    """One line for a person: '12.0s downtime-limit=200 (why)'."""
-    if action["action"] == "set-parameters":
-        what = " ".join(f"{name}={mib_s(value) if name == 'max-bandwidth' else value}"
-                        for name, value in action["parameters"].items())
-    else:
-        what = action["action"]
-    return f"{action['t']:.1f}s {what} ({action['reason']})"
+def shared_bandwidth(cap: int, mirror_rate: float) -> int:
+    """RAM's part of a bandwidth cap it shares with the disk mirrors: what they leave, never under a tenth."""
+    return int(max(cap - mirror_rate, cap * SHARE_FLOOR))
 
 
 class SourceMigration:
@@ -188,7 +99,7 @@ class SourceMigration:
     def __init__(self, session: QMPSession, settings: MigrationSettings):
         self.session = session
         self.settings = settings
-        self.phase = "setup"
+        self.phase = Phase.SETUP
         self.history: list[dict[str, Any]] = []
         self.marks: dict[str, float] = {}
         self.actions: list[dict[str, Any]] = []  # what the policy and the bandwidth share did, in order
@@ -201,11 +112,8 @@ class SourceMigration:
         self.bandwidth: int | None = None
         self._started = 0.0
         self._epoch = 0.0
-        self._continued = False  # migrate-continue sent: the device state may reach the target
-        self._postcopy_requested = False
-        self._postcopy = False  # QEMU entered post-copy: the source must never run again
-        self._cancelled_elsewhere = False
-        self._mirrors_done = False
+        self._postcopy_requested = False  # migrate-start-postcopy sent: QEMU may enter post-copy at any moment
+        self._failure_outcome = "failed"  # or "cancelled", by a migrate_cancel from another monitor
         self._disk_total = 0
         self._mirror_mark: tuple[float, int] | None = None
         self._latest: dict[str, Any] | None = None
@@ -217,7 +125,7 @@ class SourceMigration:
         self._epoch = time.time()  # history times are seconds since the start; the progress file's are epoch
         status = self.session.execute("query-migrate").get("status")
         if status in ACTIVE:  # someone else's migration: touch nothing, not even the progress file
-            raise MigrationFailed("setup", f"a migration is already {status} on this VM", True)
+            raise MigrationFailed(Phase.SETUP, f"a migration is already {status} on this VM", True)
         try:
             self._check_request()
             with self.session.subscribe(EVENTS) as events:
@@ -225,17 +133,17 @@ class SourceMigration:
                     self._limit_time()
                     self._wait_mirrors(events)
                     self._configure()
-                    self.phase = "pre-copy"
+                    self.phase = Phase.PRE_COPY
                     self.session.execute("migrate", {"uri": self.settings.uri})
                     self._follow(events)
                 except (QMPError, MigrationFailed) as exc:
                     raise self._rollback(exc) from exc
         except MigrationFailed as failure:
-            self._finish("cancelled" if self._cancelled_elsewhere else "failed", str(failure))
+            self._finish(self._failure_outcome, str(failure))
             raise
-        self._settled_status()  # the run state follows the completed event: leave with it at postmigrate
+        settled_state(self.session)  # the run state follows the completed event: leave with it at postmigrate
         statistics = self._statistics()
-        self._finish("completed", self._summary(statistics))
+        self._finish("completed", _progress.completion(statistics))
         return statistics
 
     def _check_request(self) -> None:
@@ -252,7 +160,7 @@ class SourceMigration:
                 max_cpu_throttle=throttle["max-cpu-throttle"], cpu_throttle_initial=throttle["cpu-throttle-initial"],
                 cpu_throttle_increment=throttle["cpu-throttle-increment"], **settings.policy_overrides)
         except (ValueError, TypeError, QMPError) as exc:
-            raise MigrationFailed("setup", str(exc), True) from exc
+            raise MigrationFailed(Phase.SETUP, str(exc), True) from exc
 
     def _limit_time(self) -> None:
         """The caller's timeout, or a smaller one scaled to the RAM and disks to move."""
@@ -279,20 +187,21 @@ class SourceMigration:
         nodes = self.settings.mirrored_nodes
         if not nodes:
             return
-        self.phase = "mirror-sync"
+        self.phase = Phase.MIRROR_SYNC
         deadline = self._started + self.timeout
         while True:
             jobs = self._jobs()
             for node in nodes:
-                job = jobs.get(_mirror.job_id(node))
+                job = jobs.get(mirror_job(node))
                 if job is None or job.get("status") in ("aborting", "concluded", "null"):
-                    raise MigrationFailed("setup", f"the disk mirror of {node} is not ready: "
+                    raise MigrationFailed(Phase.SETUP, f"the disk mirror of {node} is not ready: "
                                           f"{'no mirror job' if job is None else 'its job is ' + job['status']}",
                                           True)
             if all(job.get("ready") for job in jobs.values()):
                 return
             now = time.monotonic()
-            self._record(sample({}, now - self._started, self.phase, None, self._disk_figures(jobs)))
+            self._record(_progress.sample({}, now - self._started, self.phase.reported, None,
+                                          self._disk_figures(jobs)))
             if now > deadline:
                 raise MigrationFailed(self.phase, self._timeout_message(), True)
             event = events.get(min(self.settings.sample_interval, max(deadline - now, 0.01)))
@@ -301,15 +210,10 @@ class SourceMigration:
 
     def _configure(self) -> None:
         """Exactly these capabilities (left-overs of an earlier run switched off), then the parameters."""
-        settings = self.settings
-        wanted = {name: True for name in settings.capabilities}
-        wanted["events"] = True
-        wanted.setdefault("pause-before-switchover", bool(settings.mirrored_nodes))  # mirrors finish at the pause
-        for item in self.session.execute("query-migrate-capabilities"):
-            if item["state"] and item["capability"] not in wanted:
-                wanted[item["capability"]] = False
-        self.session.execute("migrate-set-capabilities", {"capabilities": [
-            {"capability": name, "state": state} for name, state in sorted(wanted.items())]})
+        pause = ["pause-before-switchover"]  # the disk mirrors finish while the source is paused there
+        mirrors = bool(self.settings.mirrored_nodes)
+        set_capabilities(self.session, ["events", *self.settings.capabilities, *(pause if mirrors else [])],
+                         off=[] if mirrors or "pause-before-switchover" in self.settings.capabilities else pause)
         parameters = self._start_parameters()
         self.session.execute("migrate-set-parameters", parameters)
         self.downtime_limit_ms = parameters["downtime-limit"]
@@ -355,9 +259,10 @@ class SourceMigration:
             self._enter_postcopy()
         if info.get("status") == "postcopy-paused":
             self._postcopy_paused(info)
-        point = sample(info, now - self._started, self.phase, self.downtime_limit_ms, self._disk_figures(jobs))
+        point = _progress.sample(info, now - self._started, self.phase.reported, self.downtime_limit_ms,
+                                 self._disk_figures(jobs))
         self._record(point)
-        if self.phase == "pre-copy" and point["status"] == "active":
+        if self.phase is Phase.PRE_COPY and point["status"] == "active":
             self._share_bandwidth(point, jobs)
             for action in self.policy.observe(point):
                 self._apply(point["t"], action)
@@ -366,7 +271,7 @@ class SourceMigration:
     def _record(self, point: dict[str, Any]) -> None:
         self.history.append(point)
         self._latest = point
-        self._write_progress({**point, "finished": False, "policy_actions": self._recent_actions()})
+        self._write_progress(point)
 
     def _share_bandwidth(self, point: dict[str, Any], jobs: dict[str, dict[str, Any]]) -> None:
         """A bandwidth cap holds for RAM and disk together: RAM gets what the mirrors leave of it."""
@@ -409,11 +314,16 @@ class SourceMigration:
             raise MigrationFailed(self.phase, f"no data moved for {self.settings.stall_timeout:g}s "
                                   "(is the migration link down?)", True)
 
+    @property
+    def _mirrors_done(self) -> bool:
+        """Finished at the switchover: the mirrors are gone once the device state may leave."""
+        return self.phase.target_may_run
+
     def _jobs(self) -> dict[str, dict[str, Any]]:
         """Our mirror jobs by id (none once they are finished)."""
         if not self.settings.mirrored_nodes or self._mirrors_done:
             return {}
-        ours = {_mirror.job_id(node) for node in self.settings.mirrored_nodes}
+        ours = {mirror_job(node) for node in self.settings.mirrored_nodes}
         return {job["device"]: job for job in self.session.execute("query-block-jobs") if job["device"] in ours}
 
     def _disk_figures(self, jobs: dict[str, dict[str, Any]]) -> tuple[int, int]:
@@ -443,22 +353,22 @@ class SourceMigration:
             elif status == "completed":
                 self.marks["completed"] = event_time(event)
                 return True
-            elif status in ("cancelling", "cancelled") and not self._continued:
-                self._cancelled_elsewhere = True  # a migrate_cancel from another monitor
+            elif status in ("cancelling", "cancelled") and not self.phase.target_may_run:
+                self._failure_outcome = "cancelled"  # a migrate_cancel from another monitor
                 if status == "cancelled":
                     raise MigrationFailed(self.phase, "the migration was cancelled from outside", True)
             elif status in ("failed", "cancelled"):
                 error = self._error_desc() or status
                 raise MigrationFailed(self.phase, f"QEMU reports the migration {status}: {error}",
-                                      not self._continued)
-        elif name in ("BLOCK_JOB_ERROR", *_mirror.JOB_END_EVENTS) and self.phase in ("mirror-sync", "pre-copy") \
-                and self._is_our_mirror(data):
-            raise MigrationFailed("setup" if self.phase == "mirror-sync" else self.phase,
+                                      not self.phase.target_may_run)
+        elif name in ("BLOCK_JOB_ERROR", *_mirror.JOB_END_EVENTS) \
+                and self.phase in (Phase.MIRROR_SYNC, Phase.PRE_COPY) and self._is_our_mirror(data):
+            raise MigrationFailed(Phase.SETUP if self.phase is Phase.MIRROR_SYNC else self.phase,
                                   f"disk mirror {data['device']} stopped: {data.get('error') or name}", True)
         return False
 
     def _postcopy_paused(self, info: dict[str, Any]) -> None:
-        raise MigrationFailed("post-copy", "QEMU paused the post-copy (postcopy-paused: "
+        raise MigrationFailed(Phase.POST_COPY, "QEMU paused the post-copy (postcopy-paused: "
                               f"{info.get('error-desc') or 'the migration stream broke'})", False)
 
     def _error_desc(self) -> str | None:
@@ -468,109 +378,56 @@ class SourceMigration:
             return None
 
     def _is_our_mirror(self, data: dict[str, Any]) -> bool:
-        return data.get("device") in {_mirror.job_id(node) for node in self.settings.mirrored_nodes}
+        return data.get("device") in {mirror_job(node) for node in self.settings.mirrored_nodes}
 
     def _enter_postcopy(self) -> None:
-        self._postcopy = True
-        self.phase = "post-copy"
+        self.phase = Phase.POST_COPY
 
     def _switchover(self) -> None:
         """The source is paused (before the device state, or before post-copy): finish the mirrors, then go on."""
-        self.phase = "switchover"
+        self.phase = Phase.SWITCHOVER
         self.marks["pre_switchover"] = time.time()
         deadline = time.monotonic() + self.settings.switchover_timeout
         self.marks["mirror_processed_bytes"] = sum(_mirror.finish_gracefully(
             self.session, self.settings.mirrored_nodes, deadline).values())
-        self._mirrors_done = True
         self.marks["mirrors_done"] = time.time()
-        self._continued = True
+        self.phase = Phase.DEVICE_STATE
         self.session.execute("migrate-continue", {"state": "pre-switchover"})
 
     # -- failure -----------------------------------------------------------------------------------
 
     def _rollback(self, failure: Exception) -> MigrationFailed:
         """Undo a migration that failed before the target could run; never resume once it might have."""
-        phase = getattr(failure, "phase", self.phase)
+        phase = getattr(failure, "stage", self.phase)
         cause = getattr(failure, "cause", str(failure))
-        status = self._migration_status()
-        if self._postcopy or status in POSTCOPY or (self._postcopy_requested and status == "device"):
+        status = migration_status(self.session)
+        if self.phase is Phase.POST_COPY or status in POSTCOPY or (self._postcopy_requested and status == "device"):
             # The target runs the guest and pulls the rest of its memory from here: nothing may be undone.
-            self._postcopy = True
-            run_state = self._run_state()  # finish-migrate for as long as the post-copy is paused
-            return MigrationFailed("post-copy", f"{cause}; QEMU reports the migration {status} and the source "
-                                   f"VM {run_state}; {POSTCOPY_RECOVERY}", run_state == "running",
-                                   self._statistics_safely())
-        if self._continued:
+            self.phase = Phase.POST_COPY
+            state = run_state(self.session)  # finish-migrate for as long as the post-copy is paused
+            return MigrationFailed(Phase.POST_COPY, f"{cause}; QEMU reports the migration {status} and the source "
+                                   f"VM {state}; {POSTCOPY_RECOVERY}", state == "running", self._statistics_safely())
+        if self.phase.target_may_run:
             # The device state may have reached the target: never resume here, report what QEMU did.
             # QEMU restarts a source whose migration failed late.
-            running = self._settled_status() == "running"
-            return MigrationFailed(phase, cause, running, self._statistics_safely())
-        notes = []
-        steps = (("cancel migration", lambda: cancel_migration(self.session)),
-                 ("abort mirrors", self._abort_mirrors),
-                 ("resume source", lambda: resume_if_paused(self.session)))
-        for what, step in steps:
-            try:
-                step()
-            except QMPError as exc:
-                notes.append(f"{what}: {exc}")
-        running = self._source_running()
-        if notes:
-            cause = f"{cause}; rollback problems: {'; '.join(notes)}"
-        return MigrationFailed(phase, cause, running, self._statistics_safely())
-
-    def _migration_status(self) -> str | None:
-        try:
-            return self.session.execute("query-migrate").get("status")
-        except QMPError:
-            return None
-
-    def _abort_mirrors(self) -> None:
-        for node in self.settings.mirrored_nodes:
-            _mirror.abort(self.session, node)
-
-    def _settled_status(self, timeout: float = 10.0) -> str | None:
-        """The source's run state once it has left finish-migrate (bounded wait); None if QEMU is gone."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                status = self.session.execute("query-status")["status"]
-            except QMPError:
-                return None
-            if status != "finish-migrate" or time.monotonic() > deadline:
-                return status
-            time.sleep(0.02)
-
-    def _run_state(self) -> str | None:
-        try:
-            return self.session.execute("query-status")["status"]
-        except QMPError:
-            return None
-
-    def _source_running(self) -> bool:
-        return self._run_state() == "running"
+            running = settled_state(self.session) == "running"
+            return MigrationFailed(self.phase, cause, running, self._statistics_safely())
+        notes = undo((("cancel migration", lambda: cancel(self.session)),
+                      ("abort mirrors", lambda: abort_mirrors(self.session, self.settings.mirrored_nodes)),
+                      ("resume source", lambda: resume_if_paused(self.session))))
+        return MigrationFailed(phase, with_notes(cause, notes), run_state(self.session) == "running",
+                               self._statistics_safely())
 
     # -- reporting ---------------------------------------------------------------------------------
 
-    def _recent_actions(self) -> list[str]:
-        return [describe(action) for action in self.actions[-PROGRESS_ACTIONS:]]
-
-    def _write_progress(self, data: dict[str, Any]) -> None:
+    def _write_progress(self, point: dict[str, Any], outcome: str | None = None, message: str | None = None) -> None:
         if self.settings.progress_path:
-            with contextlib.suppress(OSError):  # a progress file must never fail the migration
-                write_progress(self.settings.progress_path, {**data, "t": round(self._epoch + data["t"], 3)})
+            _progress.write(self.settings.progress_path, point, self.actions, self._epoch, outcome, message)
 
     def _finish(self, outcome: str, message: str) -> None:
-        latest = self._latest or sample({}, time.monotonic() - self._started, self.phase, self.downtime_limit_ms)
-        self._write_progress({**latest, "finished": True, "policy_actions": self._recent_actions(),
-                              "outcome": outcome, "message": message})
-
-    @staticmethod
-    def _summary(statistics: dict[str, Any]) -> str:
-        text = f"completed in {statistics['total_time_ms']} ms, downtime {statistics['downtime_ms']} ms"
-        if statistics["postcopy_started"]:
-            text += f", post-copy {statistics['postcopy_time_ms']} ms"
-        return text
+        latest = self._latest or _progress.sample({}, time.monotonic() - self._started, self.phase.reported,
+                                                  self.downtime_limit_ms)
+        self._write_progress(latest, outcome, message)
 
     def _statistics_safely(self) -> dict[str, Any]:
         try:
@@ -604,7 +461,7 @@ class SourceMigration:
             "wall_time_s": round(time.monotonic() - self._started, 3),
             "policy": self.settings.convergence,
             "policy_actions": self.actions,
-            "postcopy_started": self._postcopy,
+            "postcopy_started": self.phase is Phase.POST_COPY,
             "postcopy_time_ms": postcopy_ms,
             "effective_timeout_s": round(self.timeout, 1),
             "timeout_limit": self.timeout_limit,

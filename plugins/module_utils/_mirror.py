@@ -10,17 +10,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
+from ansible_collections.livemig.qemu.plugins.module_utils._paths import mirror_job, mirror_target, node_name
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession, QMPTimeout
 
 JOB_END_EVENTS = ("BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED")
-
-
-def job_id(node: str) -> str:
-    return f"livemig-mirror-{node}"
-
-
-def nbd_node(node: str) -> str:
-    return f"livemig-nbd-{node}"
 
 
 def find_job(session: QMPSession, job: str) -> dict[str, Any] | None:
@@ -43,7 +37,7 @@ def progress(job: dict[str, Any]) -> dict[str, Any]:
 
 def all_remaining(session: QMPSession) -> dict[str, Any]:
     """Every livemig mirror on this QEMU together: what is left to copy, now (wall clock)."""
-    jobs = [job for job in session.execute("query-block-jobs") if job["device"].startswith(job_id(""))]
+    jobs = [job for job in session.execute("query-block-jobs") if job["device"].startswith(mirror_job(""))]
     return {"t": time.time(), "disk_remaining": sum(max(job.get("len", 0) - job.get("offset", 0), 0) for job in jobs),
             "disk_total": sum(job.get("len", 0) for job in jobs)}
 
@@ -51,13 +45,13 @@ def all_remaining(session: QMPSession) -> dict[str, Any]:
 def start_mirror(session: QMPSession, node: str, host: str, port: int, export: str,
                  copy_mode: str = "background", speed: int = 0) -> None:
     """Attach the target's NBD export as a node and mirror `node` into it (sync=full)."""
-    target = nbd_node(node)
+    target = mirror_target(node)
     if not node_exists(session, target):
         session.execute("blockdev-add", {
             "driver": "nbd", "node-name": target, "export": export,
             "server": {"type": "inet", "host": host, "port": str(port)},
         }, timeout=30)
-    arguments = {"job-id": job_id(node), "device": node, "target": target, "sync": "full",
+    arguments = {"job-id": mirror_job(node), "device": node, "target": target, "sync": "full",
                  "copy-mode": copy_mode, "auto-dismiss": True}
     if speed:
         arguments["speed"] = speed
@@ -67,7 +61,7 @@ def start_mirror(session: QMPSession, node: str, host: str, port: int, export: s
 def wait_ready(session: QMPSession, node: str, deadline: float,
                on_progress: Any = None, interval: float = 1.0) -> dict[str, Any]:
     """Wait for BLOCK_JOB_READY of the mirror of `node`; fail if the job ends or errors first."""
-    job = job_id(node)
+    job = mirror_job(node)
     with session.subscribe(("BLOCK_JOB_READY", "BLOCK_JOB_ERROR", *JOB_END_EVENTS)) as events:
         current = find_job(session, job)
         while True:
@@ -88,7 +82,7 @@ def wait_ready(session: QMPSession, node: str, deadline: float,
 
 def finish_gracefully(session: QMPSession, nodes: list[str], deadline: float) -> dict[str, int]:
     """Cancel READY mirrors so that each completes with a consistent copy; returns bytes copied per node."""
-    jobs = {job_id(node): node for node in nodes}
+    jobs = {mirror_job(node): node for node in nodes}
     copied: dict[str, int] = {}
     with session.subscribe(("BLOCK_JOB_ERROR", *JOB_END_EVENTS)) as events:
         for job in jobs:
@@ -109,7 +103,7 @@ def finish_gracefully(session: QMPSession, nodes: list[str], deadline: float) ->
 def abort(session: QMPSession, node: str, timeout: float = 30.0) -> bool:
     """Force-cancel the mirror of `node` (if any) and detach its NBD node; True if anything was there."""
     changed = False
-    job = job_id(node)
+    job = mirror_job(node)
     with session.subscribe(JOB_END_EVENTS) as events:
         if find_job(session, job) is not None:
             session.execute("block-job-cancel", {"device": job, "force": True})
@@ -119,7 +113,59 @@ def abort(session: QMPSession, node: str, timeout: float = 30.0) -> bool:
                 if time.monotonic() > deadline:
                     raise QMPTimeout(f"the mirror of {node} did not stop within {timeout:.0f}s", "block-job-cancel")
             changed = True
-    if node_exists(session, nbd_node(node)):
-        session.execute("blockdev-del", {"node-name": nbd_node(node)})
+    if node_exists(session, mirror_target(node)):
+        session.execute("blockdev-del", {"node-name": mirror_target(node)})
         changed = True
     return changed
+
+
+# -- the module --------------------------------------------------------------------------------
+
+def run(task: Any) -> dict[str, Any]:
+    """qemu_block_mirror: start, wait for READY or abort the mirror of one disk, on the VM's job monitor
+    (waiting for READY can take long: the main monitor stays free)."""
+    params, disk = task.params, task.params["disk"]
+    node = node_name(disk)
+    result: dict[str, Any] = {"changed": False}
+    with task.qmp(task.paths.job_qmp) as session:
+        job = find_job(session, mirror_job(node))
+        if params["state"] == "absent":
+            if job or node_exists(session, mirror_target(node)):
+                result["changed"] = True
+                if not task.check_mode:
+                    abort(session, node)
+            return result
+        if job is None:
+            result["changed"] = True
+            _start(task, session, node)
+            if task.check_mode:
+                return result
+        if params["state"] == "ready" and not task.check_mode:
+            history: list[dict[str, Any]] = []
+            result["history"] = history
+            try:
+                result["progress"] = wait_ready(session, node, time.monotonic() + params["timeout"],
+                                                on_progress=lambda _job: history.append(all_remaining(session)))
+            except QMPError as exc:
+                raise LivemigError(f"disk mirror phase: disk {disk}: {exc}", details=result) from exc
+        elif job := find_job(session, mirror_job(node)):
+            result["progress"] = progress(job)
+    return result
+
+
+def _start(task: Any, session: QMPSession, node: str) -> None:
+    params, disk = task.params, task.params["disk"]
+    missing = [key for key in ("nbd_host", "nbd_port", "export") if not params[key]]
+    if missing:
+        raise LivemigError(f"to start the mirror of disk {disk}, give {', '.join(missing)}")
+    if not node_exists(session, node):
+        raise LivemigError(f"VM {task.paths.vm} has no disk {disk} (no block node {node})")
+    if task.check_mode:
+        return
+    try:
+        start_mirror(session, node, params["nbd_host"], params["nbd_port"], params["export"], params["copy_mode"],
+                     params["speed"])
+    except QMPError as exc:
+        abort(session, node)
+        raise LivemigError(f"cannot start the mirror of disk {disk} to {params['nbd_host']}:{params['nbd_port']}: "
+                           f"{exc}") from exc

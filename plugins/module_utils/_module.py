@@ -1,8 +1,10 @@
 # Copyright: livemig.qemu contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What every livemig.qemu module shares: the VM location options, error reporting and running programs.
+"""What every livemig.qemu module shares: the host and VM options, one way to run and to fail, running programs.
 
-Private to the livemig.qemu collection.
+Private to the livemig.qemu collection. A module is its argument spec, its docs and `run_module(spec, handler)`:
+the handler, a module_util function, gets a `Task` and returns the result, or raises a LivemigError, which
+becomes `fail_json` with the error's message and fields. Handlers never see AnsibleModule.
 """
 from __future__ import annotations
 
@@ -11,79 +13,112 @@ import functools
 import signal
 import subprocess
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.livemig.qemu.plugins.module_utils._command import CommandTimeout, Completed, Program
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
+from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMP_IMPORT_ERROR, QMPError, QMPSession
-from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import SpecError, VMPaths, check_vm_name
+from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import check_vm_name
 
-VM_OPTIONS: dict[str, Any] = {
-    "name": {"type": "str", "required": True},
+DEFAULT_QEMU = "qemu-system-x86_64"
+LOCATIONS = ("run_dir", "image_dir", "state_dir", "shared_dir")
+HOST_OPTION: dict[str, Any] = {"type": "dict", "options": {
     "run_dir": {"type": "path", "required": True},
     "image_dir": {"type": "path"},
     "state_dir": {"type": "path"},
     "shared_dir": {"type": "path"},
+    "qemu_binary": {"type": "str", "default": DEFAULT_QEMU},
+}}
+VM_OPTIONS: dict[str, Any] = {
+    "name": {"type": "str", "required": True},
+    "host": HOST_OPTION,
+    **{key: {"type": "path"} for key in LOCATIONS},
     "connect_timeout": {"type": "float", "default": 10.0},
 }
+# The host's locations come either as the one `host` dict or as the separate options.
+HOST_CHOICE: dict[str, Any] = {"mutually_exclusive": [("host", key) for key in LOCATIONS],
+                               "required_one_of": [("host", "run_dir")]}
 
 
 def vm_argument_spec(**extra: Any) -> dict[str, Any]:
     return {**VM_OPTIONS, **extra}
 
 
-def new_module(argument_spec: dict[str, Any], **kwargs: Any) -> AnsibleModule:
+def run_module(argument_spec: dict[str, Any], handler: Callable[[Task], dict[str, Any]], needs_qmp: bool = True,
+               host_required: bool = True, **kwargs: Any) -> None:
+    """Build the module, run `handler` and exit with its result; a LivemigError fails the module."""
+    if host_required:
+        for key, pairs in HOST_CHOICE.items():
+            kwargs[key] = [*pairs, *kwargs.get(key, [])]
+    else:  # only the pairs of options the module has (qemu_facts has no shared_dir)
+        exclusive = [pair for pair in HOST_CHOICE["mutually_exclusive"] if set(pair) <= set(argument_spec)]
+        kwargs["mutually_exclusive"] = [*exclusive, *kwargs.get("mutually_exclusive", [])]
     module = AnsibleModule(argument_spec=argument_spec, **kwargs)
-    if QMP_IMPORT_ERROR is not None:
+    if needs_qmp and QMP_IMPORT_ERROR is not None:
         module.fail_json(msg=missing_required_lib("qemu.qmp"), exception=QMP_IMPORT_ERROR)
-    return module
-
-
-def vm_paths(module: AnsibleModule) -> VMPaths:
-    params = module.params
     try:
-        name = check_vm_name(params["name"])
-    except SpecError as exc:
-        module.fail_json(msg=str(exc))
-    image_dir = params.get("image_dir") or params["run_dir"]
-    return VMPaths(name, image_dir, params["run_dir"], params.get("state_dir") or image_dir, params.get("shared_dir"))
+        result = handler(Task(module))
+    except LivemigError as exc:
+        module.fail_json(msg=str(exc), **exc.fields())
+    module.exit_json(**result)
 
 
-@contextlib.contextmanager
-def qmp(module: AnsibleModule, path: str) -> Iterator[QMPSession]:
-    """A QMP session whose failures end the module with a clear message."""
-    try:
-        with QMPSession(path, connect_timeout=module.params["connect_timeout"]) as session:
-            yield session
-    except QMPError as exc:
-        module.fail_json(msg=f"QMP on {path}: {exc}", qmp_command=exc.command, qmp_error_class=exc.error_class)
+class Task:
+    """One run of a module as its handler sees it: parameters, check mode, the VM's paths, programs and QMP."""
 
+    def __init__(self, module: AnsibleModule):
+        self._module = module
+        self.params: dict[str, Any] = module.params
+        self.check_mode: bool = module.check_mode
 
-def deadline(seconds: float) -> float:
-    return time.monotonic() + seconds
+    @property
+    def host(self) -> dict[str, Any]:
+        """The host's locations and QEMU, from the `host` option or from the separate options."""
+        given = self.params.get("host")
+        if given:
+            return given
+        return {**{key: self.params.get(key) for key in LOCATIONS},
+                "qemu_binary": self.params.get("qemu_binary") or DEFAULT_QEMU}
 
+    @functools.cached_property
+    def paths(self) -> VMPaths:
+        host = self.host
+        return VMPaths.on_host(check_vm_name(self.params["name"]), host["run_dir"], host.get("image_dir"),
+                               host.get("state_dir"), host.get("shared_dir"))
 
-def find_program(module: AnsibleModule, name: str, fix: str) -> Program:
-    """`name` as get_bin_path finds it on this host; when it is missing the module fails, saying `fix`."""
-    path = module.get_bin_path(name)
-    if not path:
-        module.fail_json(msg=f"{name} not found on this host: {fix}")
-    return Program(path, functools.partial(run_with_deadline, module))
+    @contextlib.contextmanager
+    def qmp(self, path: str) -> Iterator[QMPSession]:
+        """A QMP session; any QMP failure inside fails the task naming the socket."""
+        try:
+            with QMPSession(path, connect_timeout=self.params.get("connect_timeout") or 10.0) as session:
+                yield session
+        except QMPError as exc:
+            raise LivemigError(f"QMP on {path}: {exc}", details={"qmp_command": exc.command,
+                                                                 "qmp_error_class": exc.error_class}) from exc
 
+    def program(self, name: str, fix: str) -> Program:
+        """`name` as get_bin_path finds it on this host; missing, the task fails saying `fix`."""
+        path = self._module.get_bin_path(name)
+        if not path:
+            raise LivemigError(f"{name} not found on this host: {fix}")
+        return Program(path, functools.partial(run_with_deadline, self._module))
 
-def qemu_tool(module: AnsibleModule, name: str) -> Program:
-    """qemu-img or qemu-nbd."""
-    return find_program(module, name, "install the Debian package qemu-utils")
+    def tool(self, name: str) -> Program:
+        """qemu-img or qemu-nbd."""
+        return self.program(name, "install the Debian package qemu-utils")
 
+    def qemu(self) -> Program:
+        """The QEMU system emulator of this host."""
+        binary = self.host["qemu_binary"]
+        package = "the Debian package qemu-system-x86" if binary == DEFAULT_QEMU else "QEMU"
+        return self.program(binary, f"install {package} or set qemu_binary to its path")
 
-def qemu_system(module: AnsibleModule) -> Program:
-    """The QEMU system emulator the option qemu_binary names."""
-    binary = module.params["qemu_binary"]
-    package = "the Debian package qemu-system-x86" if binary == "qemu-system-x86_64" else "QEMU"
-    return find_program(module, binary, f"install {package} or set qemu_binary to its path")
+    def warn(self, text: str) -> None:
+        self._module.warn(text)
 
 
 def run_with_deadline(module: AnsibleModule, argv: list[str], timeout: float, umask: int | None = None) -> Completed:

@@ -2,49 +2,31 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Sparse copy of a file between hosts over NBD: a one-shot qemu-nbd receives, qemu-img convert sends.
 
-Private to the livemig.qemu collection. Never touches AnsibleModule; failures raise NBDCopyError
-with a message that says what to check.
+Private to the livemig.qemu collection. The primitives of the qemu_nbd_copy module (`_copy`): the destination
+image, the receiving server and the sender. Failures raise NBDCopyError saying what to check.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
-import socket
 import time
 
-from ansible_collections.livemig.qemu.plugins.module_utils._command import (
-    TOOL_TIMEOUT, CommandTimeout, Completed, Program)
+from ansible_collections.livemig.qemu.plugins.module_utils import _files, _qemuimg
+from ansible_collections.livemig.qemu.plugins.module_utils._command import Program
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
+from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import bind_with_retry
 from ansible_collections.livemig.qemu.plugins.module_utils._state import process_alive
-from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import kill_qemu, remove_file, wait_exit
+from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import kill_qemu, wait_exit
 
 LABEL = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
 FORMATS = ("qcow2", "raw")
 SECTOR = 512
-PORT_ATTEMPTS = 5
 
 
-class NBDCopyError(RuntimeError):
+class NBDCopyError(LivemigError):
     """A step of the copy failed; the message names the step, the cause and what to check."""
-
-
-def _run(tool: Program, *args: str, timeout: float) -> Completed:
-    try:
-        return tool.run(*args, timeout=timeout)
-    except CommandTimeout:
-        raise NBDCopyError(f"{tool.name} {args[0]} did not finish within {timeout:.0f}s") from None
-
-
-def stderr_tail(result: Completed, lines: int = 10) -> str:
-    return "\n".join(result.stderr.strip().splitlines()[-lines:]) or f"exit status {result.rc}"
-
-
-def free_port(address: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
-        probe.bind((address, 0))
-        return probe.getsockname()[1]
 
 
 def nbd_uri(host: str, port: int, export: str) -> str:
@@ -58,50 +40,19 @@ def round_up(size: int) -> int:
 
 # -- images --------------------------------------------------------------------------------------
 
-def extents(qemu_img: Program, path: str, fmt: str, force_share: bool = False,
-            timeout: float = TOOL_TIMEOUT) -> list[dict]:
-    result = _run(qemu_img, "map", "--output=json", "-f", fmt, *(["-U"] if force_share else []), path, timeout=timeout)
-    if result.rc != 0:
-        raise NBDCopyError(f"cannot map {fmt} image {path}: {stderr_tail(result)}")
-    return json.loads(result.stdout)
-
-
-def allocation(qemu_img: Program, path: str, fmt: str, force_share: bool = False,
-               timeout: float = TOOL_TIMEOUT) -> tuple[int, int]:
-    """(bytes of data in the image, all layers: what a sparse copy sends at most; virtual size)."""
-    found = extents(qemu_img, path, fmt, force_share, timeout)
-    return (sum(item["length"] for item in found if item["data"] and not item["zero"]),
-            sum(item["length"] for item in found))
-
-
-def virtual_size(qemu_img: Program, path: str, fmt: str) -> int:
-    result = _run(qemu_img, "info", "--output=json", "-f", fmt, path, timeout=TOOL_TIMEOUT)
-    if result.rc != 0:
-        raise NBDCopyError(f"cannot read {fmt} image {path}: {stderr_tail(result)}")
-    return int(json.loads(result.stdout)["virtual-size"])
-
-
 def check_destination(qemu_img: Program, path: str, fmt: str, size: int | None) -> None:
     """An existing destination must have the right size and hold no data.
 
     The sender skips every zero area (--target-is-zero), so data already in the destination would survive
     where the source has zeros.
     """
-    actual = virtual_size(qemu_img, path, fmt)
+    actual = _qemuimg.virtual_size(qemu_img, path, fmt)
     if size is not None and actual != round_up(size):
         raise NBDCopyError(f"{path} exists with virtual size {actual} bytes, not {size}: give its size or remove "
                            "it first (state=absent)")
-    if allocation(qemu_img, path, fmt)[0]:
+    if _qemuimg.allocation(qemu_img, path, fmt)[0]:
         raise NBDCopyError(f"{path} exists and holds data, which a sparse copy would not overwrite everywhere: "
                            "remove it first (state=absent)")
-
-
-def create_image(qemu_img: Program, path: str, fmt: str, size: int) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    result = _run(qemu_img, "create", "-q", "-f", fmt, path, str(size), timeout=TOOL_TIMEOUT)
-    if result.rc != 0:
-        remove_file(path)
-        raise NBDCopyError(f"cannot create {fmt} image {path} of {size} bytes: {stderr_tail(result)}")
 
 
 def finish_file(path: str, fmt: str, size: int | None, fsync: bool) -> None:
@@ -109,11 +60,7 @@ def finish_file(path: str, fmt: str, size: int | None, fsync: bool) -> None:
     if fmt == "raw" and size is not None and os.path.getsize(path) != size:
         os.truncate(path, size)
     if fsync:
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        _files.fsync(path)
 
 
 # -- the receiving server ------------------------------------------------------------------------
@@ -122,17 +69,17 @@ def start_server(qemu_nbd: Program, path: str, fmt: str, address: str, port: int
                  pidfile: str) -> tuple[int, int]:
     """Start a daemonized one-shot qemu-nbd; it listens when this returns. Returns (pid, port)."""
     os.makedirs(os.path.dirname(pidfile), mode=0o700, exist_ok=True)
-    for attempt in range(PORT_ATTEMPTS):
-        chosen = port or free_port(address)
-        remove_file(pidfile)
+
+    def listen(chosen: int) -> int:
+        _files.remove(pidfile)
         # Not --persistent: the server exits once its one client disconnects, and flushes the image as it closes.
-        result = _run(qemu_nbd, "--fork", "--pid-file", pidfile, "--bind", address, "--port", str(chosen),
-                      "--export-name", export, "--format", fmt, "--cache=writeback", path, timeout=TOOL_TIMEOUT)
-        if result.rc == 0:
-            return _read_pid(pidfile), chosen
-        if port or "in use" not in result.stderr or attempt == PORT_ATTEMPTS - 1:
-            raise NBDCopyError(f"qemu-nbd cannot serve {path} on {address}:{chosen}: {stderr_tail(result)}")
-    raise AssertionError("unreachable")
+        result = _qemuimg.run(qemu_nbd, "--fork", "--pid-file", pidfile, "--bind", address, "--port", str(chosen),
+                              "--export-name", export, "--format", fmt, "--cache=writeback", path)
+        if result.rc != 0:
+            raise NBDCopyError(f"qemu-nbd cannot serve {path} on {address}:{chosen}: {_qemuimg.stderr_tail(result)}")
+        return _read_pid(pidfile)
+
+    return bind_with_retry(listen, address, port)
 
 
 def _read_pid(pidfile: str) -> int:
@@ -162,7 +109,7 @@ def stop_server(server: dict, timeout: float = 10.0) -> None:
             os.kill(server["pid"], signal.SIGTERM)
         if not wait_exit(server["pid"], timeout):
             kill_qemu(server["pid"])
-    remove_file(server["pidfile"])
+    _files.remove(server["pidfile"])
 
 
 def wait_server_exit(server: dict, timeout: float) -> bool:
@@ -174,11 +121,11 @@ def wait_server_exit(server: dict, timeout: float) -> bool:
 def send(qemu_img: Program, src: str, src_format: str, uri: str, force_share: bool, timeout: float) -> float:
     """Write the source's data, and only its data, into the NBD export. Returns the seconds it took."""
     started = time.monotonic()
-    result = _run(qemu_img, "convert", "-n", "--target-is-zero", "-f", src_format, "-O", "raw",
-                  *(["-U"] if force_share else []), src, uri, timeout=timeout)
+    result = _qemuimg.run(qemu_img, "convert", "-n", "--target-is-zero", "-f", src_format, "-O", "raw",
+                          *(["-U"] if force_share else []), src, uri, timeout=timeout)
     if result.rc != 0:
-        raise NBDCopyError(f"copying {src} to {uri} failed: {stderr_tail(result)}. Check that the receiving host "
-                           "listens for this copy (state=listening) and is reachable from here, that no other "
-                           "client used the export (it serves one), and that the source is readable"
+        raise NBDCopyError(f"copying {src} to {uri} failed: {_qemuimg.stderr_tail(result)}. Check that the "
+                           "receiving host listens for this copy (state=listening) and is reachable from here, that "
+                           "no other client used the export (it serves one), and that the source is readable"
                            f"{'' if force_share else ' and not in use (force_share)'}")
     return time.monotonic() - started

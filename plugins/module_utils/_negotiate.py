@@ -3,11 +3,17 @@
 """Both hosts' facts plus the user's wishes -> a migration plan: which method, and why not the others.
 
 Private to the livemig.qemu collection. Pure functions: no I/O, so every branch is unit-tested from tables.
-Facts are what `qemu_facts` returns (`ansible_facts.livemig_qemu`) on each host.
+Facts are what `qemu_facts` returns (`ansible_facts.livemig_qemu`) on each host. The plan holds everything the
+live_migration role needs to act: the situation, the disks to copy and where, the state files, the target's address.
 """
 from __future__ import annotations
 
 from typing import Any
+
+from ansible_collections.livemig.qemu.plugins.module_utils._convergence import POLICIES
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
+from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
+from ansible_collections.livemig.qemu.plugins.module_utils._situation import refusal, situation
 
 METHODS = ("live-shared", "live-mirror", "stateful", "cold")
 CHOICES = ("auto", "live", "stateful", "cold")
@@ -25,12 +31,14 @@ OPTIONAL = OPTIONAL_BOTH + OPTIONAL_SOURCE
 # QEMU refuses these together; the one asked for first wins.
 INCOMPATIBLE = (("multifd", "xbzrle"), ("multifd", "postcopy-ram"))
 POLICY_KEYS = ("methods", "deny_capabilities")
+# `convergence` and `allow_postcopy` add the capabilities their policy needs; left out, they add none.
 WISH_DEFAULTS: dict[str, Any] = {"method": "auto", "allow_fallback": True, "allow_cold": False,
                                  "capabilities": [], "capabilities_allow": list(OPTIONAL), "capabilities_deny": [],
-                                 "multifd_channels": 0, "multifd_compression": "none", "xbzrle_cache_mb": 0}
+                                 "multifd_channels": 0, "multifd_compression": "none", "xbzrle_cache_mb": 0,
+                                 "convergence": "defaults", "allow_postcopy": False}
 
 
-class PlanError(ValueError):
+class PlanError(LivemigError, ValueError):
     """The request itself is malformed; the message says what to fix."""
 
 
@@ -49,7 +57,9 @@ def check_wishes(raw: dict[str, Any] | None) -> dict[str, Any]:
         raise PlanError(f"unknown wishes {sorted(unknown)}; known: {sorted(WISH_DEFAULTS)}")
     if wishes["method"] not in CHOICES:
         raise PlanError(f"livemig_method must be one of {', '.join(CHOICES)}, got {wishes['method']!r}")
-    for key in ("allow_fallback", "allow_cold"):
+    if wishes["convergence"] not in POLICIES:
+        raise PlanError(f"livemig_convergence must be one of {', '.join(POLICIES)}, got {wishes['convergence']!r}")
+    for key in ("allow_fallback", "allow_cold", "allow_postcopy"):
         if not isinstance(wishes[key], bool):
             raise PlanError(f"livemig_{key} must be true or false, got {wishes[key]!r}")
     for key in ("multifd_channels", "xbzrle_cache_mb"):
@@ -76,6 +86,35 @@ def check_policy(host: str, raw: Any) -> dict[str, list[str]]:
         raise PlanError(f"livemig_host_policy.methods of {host}: use {', '.join(CHAIN)}")
     return {"methods": methods,
             "deny_capabilities": _names(raw.get("deny_capabilities"), f"livemig_host_policy.deny_capabilities of {host}")}
+
+
+def family(method: str | None) -> str | None:
+    """live, stateful or cold: the step of the fallback chain a method belongs to."""
+    if method is None:
+        return None
+    return "live" if method.startswith("live") else method
+
+
+def wanted_capabilities(wishes: dict[str, Any]) -> list[str]:
+    """The optional capabilities asked for, in the order asked: the list, then what the convergence policy needs,
+    then multifd and XBZRLE when their settings are on."""
+    wanted = list(wishes["capabilities"])
+    wanted += ["auto-converge"] * (wishes["convergence"] == "auto")
+    wanted += ["postcopy-ram"] * (wishes["allow_postcopy"] or wishes["convergence"] == "postcopy-early")
+    return wanted + ["multifd"] * bool(wishes["multifd_channels"]) + ["xbzrle"] * bool(wishes["xbzrle_cache_mb"])
+
+
+def needs_kvm_check(vm: str, source_facts: dict[str, Any], spec: dict[str, Any], method: str, allow_cold: bool) -> bool:
+    """Whether the target's facts must find out if a KVM guest boots there: the VM runs under KVM, or a cold move
+    may boot it under KVM (its spec does not ask for TCG)."""
+    running = (source_facts.get("vms") or {}).get(vm) or {}
+    may_go_cold = bool(allow_cold) or method == "cold"
+    return running.get("accel") == "kvm" or (may_go_cold and spec.get("accel", "auto") != "tcg")
+
+
+def _vm_on(side: dict[str, Any], vm: str) -> dict[str, Any]:
+    """What a host's facts say about the VM: its record and QEMU there, {} when the host knows nothing of it."""
+    return (side["facts"].get("vms") or {}).get(vm) or {}
 
 
 def _qemu(side: dict[str, Any]) -> str:
@@ -161,10 +200,8 @@ def enabled_features(source: dict[str, Any], target: dict[str, Any], wishes: dic
 
     Adds to `unusable` why a wanted one is left out.
     """
-    wanted = list(wishes["capabilities"])
-    wanted += ["multifd"] * bool(wishes["multifd_channels"]) + ["xbzrle"] * bool(wishes["xbzrle_cache_mb"])
     enabled: list[str] = []
-    for cap in dict.fromkeys(wanted):
+    for cap in dict.fromkeys(wanted_capabilities(wishes)):
         clash = next((first for first, second in INCOMPATIBLE if second == cap and first in enabled), None) or \
             next((second for first, second in INCOMPATIBLE if first == cap and second in enabled), None)
         if cap not in usable:
@@ -197,22 +234,24 @@ def enabled_features(source: dict[str, Any], target: dict[str, Any], wishes: dic
 
 def _method_policy(method: str, source: dict[str, Any], target: dict[str, Any],
                    policies: dict[str, dict[str, list[str]]]) -> list[str]:
-    family = "live" if method.startswith("live") else method
-    return [f"{family} migration disabled by host policy on {side['name']}"
-            for side in (source, target) if family not in policies[side["name"]]["methods"]]
+    step = family(method)
+    return [f"{step} migration disabled by host policy on {side['name']}"
+            for side in (source, target) if step not in policies[side["name"]]["methods"]]
 
 
 def make_plan(request: dict[str, Any]) -> dict[str, Any]:
-    """The plan for one VM from `request`: vm, spec, source, target, storage, wishes.
+    """The plan for one VM from `request`: vm, spec, source, target, storage, source_storage, wishes.
 
-    source/target: {name, facts, policy, address}; the source's facts include `vms[vm]` with the
-    machine type and accelerator the VM runs with. storage: {disk: {same_file}} from qemu_storage_check.
+    source/target: {name, facts, policy, address, locations}; the source's facts include `vms[vm]` with the
+    machine type and accelerator the VM runs with; locations are the host's run_dir, image_dir, state_dir and
+    shared_dir. storage: {disk: {path, same_file}}, qemu_storage_check's `checked` result on the target;
+    source_storage: {disk: {path, virtual_size}}, its `marked` result on the source.
     """
     vm, spec = request["vm"], request["spec"]
     source, target = request["source"], request["target"]
     wishes = check_wishes(request.get("wishes"))
     policies = {side["name"]: check_policy(side["name"], side.get("policy")) for side in (source, target)}
-    running = source["facts"].get("vms", {}).get(vm, {})
+    running = _vm_on(source, vm)
     pinned_machine, pinned_accel = running.get("machine"), running.get("accel")
     disks, storage_problems = disk_actions(spec, request.get("storage") or {})
     local = [disk["name"] for disk in disks if not disk["shared"]]
@@ -265,26 +304,27 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
     chosen, considered = None, []
     start = CHAIN.index(START[wishes["method"]])
     allowed = {}
-    for position, family in enumerate(CHAIN):
+    for position, step in enumerate(CHAIN):
         if position < start:
-            allowed[family] = f"not tried: livemig_method is {wishes['method']}"
+            allowed[step] = f"not tried: livemig_method is {wishes['method']}"
         elif position > start and not wishes["allow_fallback"]:
-            allowed[family] = "not tried: livemig_allow_fallback is false"
-        elif family == "cold" and wishes["method"] != "cold" and not wishes["allow_cold"]:
-            allowed[family] = "not tried: a cold move (guest restarted) needs livemig_allow_cold=true"
+            allowed[step] = "not tried: livemig_allow_fallback is false"
+        elif step == "cold" and wishes["method"] != "cold" and not wishes["allow_cold"]:
+            allowed[step] = "not tried: a cold move (guest restarted) needs livemig_allow_cold=true"
         else:
-            allowed[family] = ""
+            allowed[step] = ""
     for method in METHODS:
-        family = "live" if method.startswith("live") else method
-        if allowed[family]:
+        if allowed[family(method)]:
             continue
         considered.append(method)
         if chosen is None and not reasons[method]:
             chosen = method
 
+    abi = {method: (cold_machine, cold_accel) if method == "cold" else (pinned_machine, pinned_accel)
+           for method in METHODS}
     methods = {method: {"possible": not reasons[method], "reasons": reasons[method],
-                        "tried": method in considered,
-                        "not_tried": allowed["live" if method.startswith("live") else method]}
+                        "tried": method in considered, "not_tried": allowed[family(method)],
+                        "machine": abi[method][0], "accel": abi[method][1]}
                for method in METHODS}
     live_chosen = chosen in ("live-shared", "live-mirror")
     enabled, parameters = enabled_features(source, target, wishes, usable, unusable)
@@ -298,11 +338,12 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
         "target": target["name"],
         "versions": {source["name"]: source["facts"].get("version"), target["name"]: target["facts"].get("version")},
         "method": chosen,
+        "family": family(chosen),
         "possible": chosen is not None,
         "methods": methods,
-        "machine": (cold_machine if chosen == "cold" else pinned_machine),
+        "machine": abi.get(chosen, (pinned_machine, pinned_accel))[0],
         "cpu_model": spec["cpu_model"],
-        "accel": (cold_accel if chosen == "cold" else pinned_accel),
+        "accel": abi.get(chosen, (pinned_machine, pinned_accel))[1],
         "disks": [{**disk, "action": "shared" if disk["shared"] else storage_action.get(chosen or "", "none")}
                   for disk in disks],
         "capabilities": {"source": source_caps if live_chosen else [],
@@ -311,9 +352,44 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
         "parameters": parameters if live_chosen else {"source": {}, "target": {}},
         "transport": _transport(chosen, target, source, bool(local)),
         "spec": {**spec, "disks": [{**disk, "shared": shared_by_name[disk["name"]]} for disk in spec.get("disks") or []]},
+        "local_disks": local,
+        "target_address": target.get("address"),
+        "state_files": {"source": state_file(vm, source), "target": state_file(vm, target)},
     }
+    plan["copies"] = copies(plan, request.get("source_storage") or {}, request.get("storage") or {})
+    plan["receivers"] = receivers(plan)
     plan["summary"] = summary(plan)
+    plan["situation"] = situation(vm, source["name"], target["name"], running, _vm_on(target, vm))
+    if plan["situation"]["kind"] == "start" and not plan["possible"]:
+        plan["situation"] = refusal(vm, source["name"], target["name"], no_method_reason(plan), show_plan=True)
     return plan
+
+
+def state_file(vm: str, side: dict[str, Any]) -> str | None:
+    """Where a host keeps the VM's saved state, from its locations (run_dir, image_dir, state_dir, shared_dir)."""
+    where = side.get("locations") or {}
+    if not where.get("run_dir"):
+        return None
+    return VMPaths.on_host(vm, where["run_dir"], where.get("image_dir"), where.get("state_dir"),
+                           where.get("shared_dir")).state_file
+
+
+def copies(plan: dict[str, Any], source_storage: dict[str, Any], storage: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a stateful or cold move copies, per local disk: from the source's image to the target's, with the
+    source's virtual size (source_storage is qemu_storage_check's `marked` result, storage its `checked` one)."""
+    if plan["family"] not in ("stateful", "cold"):
+        return []
+    formats = {disk["name"]: disk["format"] for disk in plan["disks"]}
+    found = {name: (source_storage.get(name) or {}, storage.get(name) or {}) for name in plan["local_disks"]}
+    return [{"label": name, "source": there.get("path"), "target": here.get("path"), "format": formats[name],
+             "size": there.get("virtual_size")} for name, (there, here) in found.items()]
+
+
+def receivers(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The files the target receives, by copy label: the local disks, and for a stateful move the state file."""
+    disks = [{"label": copy["label"], "path": copy["target"]} for copy in plan["copies"]]
+    state = [{"label": "state", "path": plan["state_files"]["target"]}] if plan["family"] == "stateful" else []
+    return disks + state
 
 
 def _transport(method: str | None, target: dict[str, Any], source: dict[str, Any], has_local: bool) -> dict:
@@ -356,3 +432,10 @@ def summary(plan: dict[str, Any]) -> list[str]:
                      if why else f"  {method}: possible, not needed")
     lines += [f"  {reason}" for reason in plan["capabilities"]["unusable"].values()]
     return lines
+
+
+def no_method_reason(plan: dict[str, Any]) -> str:
+    """Why nothing can move the VM, every method in one line: `method: reason; reason. ` each."""
+    why = {method: verdict["reasons"] + ([verdict["not_tried"]] if verdict["not_tried"] else [])
+           for method, verdict in plan["methods"].items()}
+    return "".join(f"{method}: {'; '.join(reasons)}. " for method, reasons in why.items())

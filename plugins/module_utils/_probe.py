@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from ansible_collections.livemig.qemu.plugins.module_utils._command import CommandTimeout, Program
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from ansible_collections.livemig.qemu.plugins.module_utils._schema import schema_features
 from ansible_collections.livemig.qemu.plugins.module_utils._statefile import state_transports
@@ -25,7 +26,7 @@ _BOOT_SECTOR = bytes([0xBA, 0xF4, 0x00, 0xB0, 0x01, 0xEE, 0xF4]).ljust(510, b"\0
 _BOOT_EXIT_STATUS = 3
 
 
-class ProbeError(RuntimeError):
+class ProbeError(LivemigError):
     """This host's QEMU cannot be started or asked."""
 
 

@@ -14,6 +14,8 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
+
 try:
     from qemu.qmp import EventListener, ExecuteError, QMPClient
     from qemu.qmp import QMPError as _LibraryError
@@ -26,7 +28,7 @@ Event = dict[str, Any]
 EventFilter = Callable[[Event], bool]
 
 
-class QMPError(Exception):
+class QMPError(LivemigError):
     """A failed QMP exchange, carrying the command and QEMU's error class."""
 
     def __init__(self, message: str, command: str | None = None, error_class: str | None = None):

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ansible_collections.livemig.qemu.plugins.module_utils import _files
 
 
 @dataclass
@@ -41,26 +42,12 @@ def load_record(path: str, vm: str) -> HostRecord | None:
 
 def save_record(path: str, record: HostRecord) -> None:
     """Write atomically: a crash leaves the old record or the new one, never half of one."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".record-")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(asdict(record), handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    _files.atomic_write(path, json.dumps(asdict(record), indent=2, sort_keys=True))
 
 
 def remove_record(path: str) -> bool:
-    try:
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
+    return _files.remove(path)
 
 
 def process_alive(pid: int | None) -> bool:

@@ -14,8 +14,11 @@ import shlex
 import time
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils._migration import (
-    ACTIVE, UNLIMITED_BANDWIDTH, cancel_migration, resume_if_paused)
+from ansible_collections.livemig.qemu.plugins.module_utils import _files
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
+from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import (
+    ACTIVE, UNLIMITED_BANDWIDTH, cancel, resume_if_paused, run_state, set_capabilities, settled_state, undo,
+    with_notes)
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession, event_time
 from ansible_collections.livemig.qemu.plugins.module_utils._schema import schema_features
 
@@ -25,11 +28,11 @@ POLL = 0.2  # seconds between query-migrate checks while waiting for events: not
 ENDED = ("completed", "failed", "cancelled")
 
 
-class StateFileError(Exception):
+class StateFileError(LivemigError):
     """Saving or loading the state failed. `vm_running`: whether the VM runs on this QEMU afterwards."""
 
     def __init__(self, message: str, vm_running: bool | None = None):
-        super().__init__(message)
+        super().__init__(message, details={"vm_running": vm_running})
         self.vm_running = vm_running
 
 
@@ -54,15 +57,6 @@ def state_transports(session: QMPSession) -> list[str]:
 def _file_channel(path: str) -> list[dict[str, Any]]:
     """A `file:` address as a channel: QEMU takes the filename as is (in a URI, `,offset=` would be parsed)."""
     return [{"channel-type": "main", "addr": {"transport": "file", "filename": path, "offset": 0}}]
-
-
-def _only_events(session: QMPSession) -> None:
-    """Events on, everything else off: a QEMU that was the target of a live migration may still have, e.g.,
-    postcopy-ram or multifd on, which a state file cannot carry."""
-    wanted = {item["capability"]: False for item in session.execute("query-migrate-capabilities") if item["state"]}
-    wanted["events"] = True
-    session.execute("migrate-set-capabilities", {"capabilities": [
-        {"capability": name, "state": state} for name, state in sorted(wanted.items())]})
 
 
 def _wait_migration(session: QMPSession, events: Any, deadline: float, seen: dict[str, float]) -> str:
@@ -98,41 +92,6 @@ def _failure(session: QMPSession, status: str) -> StateFileError:
     return StateFileError(f"QEMU reports the migration {status}: {error}")
 
 
-def _settled_status(session: QMPSession, leaving: str) -> str:
-    deadline = time.monotonic() + SETTLE_TIMEOUT
-    while (status := session.execute("query-status")["status"]) == leaving and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return status
-
-
-def _fsync(path: str, directory: bool = False) -> None:
-    descriptor = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _remove(*paths: str) -> None:
-    for path in paths:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
-def _running(session: QMPSession) -> bool:
-    return _status(session) == "running"
-
-
-def _status(session: QMPSession) -> str | None:
-    """QEMU's run state, or None when it no longer answers."""
-    try:
-        return session.execute("query-status")["status"]
-    except QMPError:
-        return None
-
-
 # -- save ------------------------------------------------------------------------------------
 
 def save_state(session: QMPSession, path: str, timeout: float) -> dict[str, Any]:
@@ -148,7 +107,7 @@ def save_state(session: QMPSession, path: str, timeout: float) -> dict[str, Any]
         raise StateFileError(f"the VM is {status}: there is no state of its own here to save", False)
     was_running = status == "running"
     partial = partial_path(path)
-    _remove(path, partial)  # a state file of this VM from before is stale now
+    _files.remove(path, partial)  # a state file of this VM from before is stale now
     try:
         # Created here, mode 0600 (the guest's RAM goes in it): a bad directory fails before the VM is stopped.
         os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -163,7 +122,7 @@ def save_state(session: QMPSession, path: str, timeout: float) -> dict[str, Any]
                 session.execute("stop")
                 seen["STOP"] = event_time(events.wait(lambda event: event["event"] == "STOP",
                                                       time.monotonic() + STOP_TIMEOUT, "the VM to stop"))
-            _only_events(session)
+            set_capabilities(session, ["events"])  # a state file carries no post-copy or multifd
             session.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED_BANDWIDTH})
             if transport == "file":
                 session.execute("migrate", {"channels": _file_channel(partial)})
@@ -179,39 +138,31 @@ def save_state(session: QMPSession, path: str, timeout: float) -> dict[str, Any]
     return {"size": os.path.getsize(path), "transport": transport, "was_running": was_running,
             "stop_time": seen.get("STOP"), "completed_time": seen["MIGRATION completed"],
             "total_time_ms": session.execute("query-migrate").get("total-time"),
-            "status": _settled_status(session, "finish-migrate")}
+            "status": settled_state(session, "finish-migrate")}
 
 
 def _finish_file(session: QMPSession, partial: str, path: str, transport: str, deadline: float) -> None:
     """Make the complete stream `path`, on disk. QEMU reports `completed` before it closes the stream."""
     _wait_released(session, max(deadline, time.monotonic() + SETTLE_TIMEOUT))
     if transport == "file":
-        _fsync(partial)
+        _files.fsync(partial)
         os.replace(partial, path)
     elif os.path.exists(partial) or not os.path.exists(path):
         raise StateFileError("QEMU completed, but cat did not write the whole state file (see QEMU's log)")
-    _fsync(path)
-    _fsync(os.path.dirname(path), directory=True)
+    _files.fsync(path)
+    _files.fsync(os.path.dirname(path), directory=True)
 
 
 def _rollback(session: QMPSession, failure: Exception, path: str, was_running: bool) -> StateFileError:
-    notes = []
-    steps = (("cancel migration", lambda: cancel_migration(session)),
-             ("close stream", lambda: _wait_released(session, time.monotonic() + SETTLE_TIMEOUT)),
-             ("resume VM", lambda: was_running and resume_if_paused(session)))
-    for what, step in steps:
-        try:
-            step()
-        except (QMPError, StateFileError) as exc:
-            notes.append(f"{what}: {exc}")
+    notes = undo((("cancel migration", lambda: cancel(session)),
+                  ("close stream", lambda: _wait_released(session, time.monotonic() + SETTLE_TIMEOUT)),
+                  ("resume VM", lambda: was_running and resume_if_paused(session))))
     try:
-        _remove(partial_path(path), path)
+        _files.remove(partial_path(path), path)
     except OSError as exc:
         notes.append(f"remove partial file: {exc}")
-    cause = str(failure)
-    if notes:
-        cause = f"{cause}; rollback problems: {'; '.join(notes)}"
-    return StateFileError(f"saving the VM state to {path} failed: {cause}", _running(session))
+    return StateFileError(f"saving the VM state to {path} failed: {with_notes(str(failure), notes)}",
+                          run_state(session) == "running")
 
 
 # -- restore ---------------------------------------------------------------------------------
@@ -241,20 +192,20 @@ def restore_state(session: QMPSession, path: str, timeout: float, resume: bool =
     seen: dict[str, float] = {}
     with session.subscribe(("MIGRATION", "RESUME")) as events:
         try:
-            _only_events(session)
+            set_capabilities(session, ["events"])  # a state file carries no post-copy or multifd
             session.execute("migrate-incoming", arguments)
             if (end := _wait_migration(session, events, started + timeout, seen)) != "completed":
                 raise _failure(session, end)
             load_time_ms = round((time.monotonic() - started) * 1000)
             # A state saved while running restarts by itself (RESUME before `completed`); ours was saved paused.
-            status = _settled_status(session, "inmigrate")
+            status = settled_state(session, "inmigrate")
             if status != "running" and resume:
                 session.execute("cont")
                 seen["RESUME"] = event_time(events.wait(lambda event: event["event"] == "RESUME",
                                                         time.monotonic() + STOP_TIMEOUT, "the VM to resume"))
                 status = session.execute("query-status")["status"]
         except (QMPError, StateFileError) as exc:
-            if (status := _status(session)) is None:
+            if (status := run_state(session)) is None:
                 exc = StateFileError("QEMU went away (before 9.1 QEMU exits when a load fails; its log says why)")
             raise StateFileError(f"loading the VM state from {path} failed: {exc}", status == "running") from exc
     return {"size": os.path.getsize(path), "transport": transport, "load_time_ms": load_time_ms,

@@ -1,28 +1,26 @@
 # Copyright: livemig.qemu contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A VM's QEMU process and disk images on this host: find, start, stop, create, remove.
+"""A VM's QEMU process on this host: find, start, stop, clean up after it.
 
 Private to the livemig.qemu collection.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
 from collections.abc import Callable
 
-from ansible_collections.livemig.qemu.plugins.module_utils._command import (
-    TOOL_TIMEOUT, CommandTimeout, Completed, Program, Runner)
+from ansible_collections.livemig.qemu.plugins.module_utils import _files
+from ansible_collections.livemig.qemu.plugins.module_utils._command import CommandTimeout, Runner
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
+from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from ansible_collections.livemig.qemu.plugins.module_utils._state import process_alive
-from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import Disk, VMPaths
-
-MB = 1024 * 1024
 
 
-class VMHostError(RuntimeError):
+class VMHostError(LivemigError):
     """Starting, stopping or preparing a VM on this host failed."""
 
 
@@ -51,45 +49,8 @@ def vm_status(paths: VMPaths, timeout: float = 10.0) -> str | None:
         return session.execute("query-status")["status"]
 
 
-def image_virtual_size(qemu_img: Program, path: str) -> int | None:
-    if not os.path.exists(path):
-        return None
-    result = _run_tool(qemu_img, "info", "--force-share", "--output=json", path)
-    if result.rc != 0:
-        raise VMHostError(f"cannot read disk image {path}: {result.stderr.strip()}")
-    return int(json.loads(result.stdout)["virtual-size"])
-
-
-def create_image(qemu_img: Program, path: str, disk: Disk, size_bytes: int | None = None) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    size = size_bytes if size_bytes else disk.size_mb * MB
-    try:
-        result = _run_tool(qemu_img, "create", "-q", "-f", disk.format, path, str(size))
-        if result.rc != 0:
-            raise VMHostError(f"cannot create disk image {path}: {result.stderr.strip()}")
-    except VMHostError:
-        remove_file(path)
-        raise
-
-
-def _run_tool(tool: Program, *args: str) -> Completed:
-    try:
-        return tool.run(*args, timeout=TOOL_TIMEOUT)
-    except CommandTimeout:
-        raise VMHostError(f"{tool.name} {' '.join(args)} did not finish within {TOOL_TIMEOUT:.0f}s") from None
-
-
-def remove_file(path: str) -> bool:
-    try:
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
-
-
 def clean_run_files(paths: VMPaths) -> None:
-    for path in (*paths.sockets, paths.pidfile, paths.progress):
-        remove_file(path)
+    _files.remove(*paths.sockets, paths.pidfile, paths.progress)
 
 
 def start_qemu(run: Runner, argv: list[str], paths: VMPaths, timeout: float = 120.0) -> int:

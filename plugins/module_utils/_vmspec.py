@@ -14,6 +14,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
+from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths, device_id, file_node, node_name
+
 VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DISK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
 DISK_FORMATS = ("qcow2", "raw")
@@ -21,7 +24,7 @@ ACCELS = ("auto", "kvm", "tcg")
 FIRST_DISK_SLOT = 0x08
 
 
-class SpecError(ValueError):
+class SpecError(LivemigError, ValueError):
     """The VM description cannot be used; the message says what to fix."""
 
 
@@ -132,62 +135,6 @@ def parse_spec(name: str, raw: Any) -> VMSpec:
     )
 
 
-@dataclass(frozen=True)
-class VMPaths:
-    """Where this host keeps a VM's files; derived from the host's own directories."""
-    vm: str
-    image_dir: str
-    run_dir: str
-    state_dir: str
-    shared_dir: str | None = None
-
-    def disk(self, disk: Disk) -> str:
-        directory = self.shared_dir if disk.shared and self.shared_dir else self.image_dir
-        return os.path.join(directory, f"{self.vm}-{disk.name}.{disk.format}")
-
-    @property
-    def qmp(self) -> str:
-        return os.path.join(self.run_dir, f"{self.vm}.qmp")
-
-    @property
-    def job_qmp(self) -> str:
-        """A second monitor for long jobs, so they never block the main one."""
-        return os.path.join(self.run_dir, f"{self.vm}.job.qmp")
-
-    @property
-    def serial(self) -> str:
-        return os.path.join(self.run_dir, f"{self.vm}.serial")
-
-    @property
-    def pidfile(self) -> str:
-        return os.path.join(self.run_dir, f"{self.vm}.pid")
-
-    @property
-    def log(self) -> str:
-        return os.path.join(self.run_dir, f"{self.vm}.log")
-
-    @property
-    def progress(self) -> str:
-        """The latest sample of a migration from this host, rewritten every second by qemu_migrate."""
-        return os.path.join(self.run_dir, f"{self.vm}.progress.json")
-
-    @property
-    def record(self) -> str:
-        return os.path.join(self.state_dir, f"{self.vm}.json")
-
-    @property
-    def sockets(self) -> tuple[str, ...]:
-        return (self.qmp, self.job_qmp, self.serial)
-
-
-def node_name(disk: Disk) -> str:
-    return f"disk-{disk.name}"
-
-
-def device_id(disk: Disk) -> str:
-    return f"vd-{disk.name}"
-
-
 def root_bus(machine: str) -> str:
     return "pcie.0" if "q35" in machine else "pci.0"
 
@@ -225,13 +172,13 @@ def build_argv(spec: VMSpec, paths: VMPaths, binary: str, machine: str, accel: s
     if spec.append:
         argv += ["-append", spec.append]
     for slot, disk in enumerate(spec.disks, start=FIRST_DISK_SLOT):
-        file_node = f"file-{disk.name}"
+        file_layer = file_node(disk.name)
         argv += [
-            "-blockdev", json.dumps({"driver": "file", "filename": paths.disk(disk), "node-name": file_node,
+            "-blockdev", json.dumps({"driver": "file", "filename": paths.disk(disk), "node-name": file_layer,
                                      "discard": "unmap"}, sort_keys=True),
-            "-blockdev", json.dumps({"driver": disk.format, "file": file_node, "node-name": node_name(disk)},
+            "-blockdev", json.dumps({"driver": disk.format, "file": file_layer, "node-name": node_name(disk.name)},
                                     sort_keys=True),
-            "-device", json.dumps({"driver": "virtio-blk-pci", "drive": node_name(disk), "id": device_id(disk),
+            "-device", json.dumps({"driver": "virtio-blk-pci", "drive": node_name(disk.name), "id": device_id(disk.name),
                                    "bus": root_bus(machine), "addr": hex(slot)}, sort_keys=True),
         ]
     if incoming:

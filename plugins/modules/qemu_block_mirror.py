@@ -95,13 +95,11 @@ history:
 """
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _mirror
-from ansible_collections.livemig.qemu.plugins.module_utils._module import (
-    deadline, new_module, qmp, vm_argument_spec, vm_paths)
-from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError
+from ansible_collections.livemig.qemu.plugins.module_utils._module import run_module, vm_argument_spec
 
 
 def main() -> None:
-    module = new_module(
+    run_module(
         vm_argument_spec(
             disk={"type": "str", "required": True},
             state={"type": "str", "default": "ready", "choices": ["ready", "started", "absent"]},
@@ -112,50 +110,9 @@ def main() -> None:
             speed={"type": "int", "default": 0},
             timeout={"type": "float", "default": 3600},
         ),
+        _mirror.run,
         supports_check_mode=True,
     )
-    params = module.params
-    paths = vm_paths(module)
-    node = f"disk-{params['disk']}"
-    result: dict = {"changed": False}
-    with qmp(module, paths.job_qmp) as session:  # waiting for READY can take long: keep the main monitor free
-        job = _mirror.find_job(session, _mirror.job_id(node))
-        if params["state"] == "absent":
-            if job or _mirror.node_exists(session, _mirror.nbd_node(node)):
-                result["changed"] = True
-                if not module.check_mode:
-                    _mirror.abort(session, node)
-            module.exit_json(**result)
-        if job is None:
-            missing = [key for key in ("nbd_host", "nbd_port", "export") if not params[key]]
-            if missing:
-                module.fail_json(msg=f"to start the mirror of disk {params['disk']}, give {', '.join(missing)}")
-            if not _mirror.node_exists(session, node):
-                module.fail_json(msg=f"VM {paths.vm} has no disk {params['disk']} (no block node {node})")
-            result["changed"] = True
-            if module.check_mode:
-                module.exit_json(**result)
-            try:
-                _mirror.start_mirror(session, node, params["nbd_host"], params["nbd_port"], params["export"],
-                                     params["copy_mode"], params["speed"])
-            except QMPError as exc:
-                _mirror.abort(session, node)
-                module.fail_json(msg=f"cannot start the mirror of disk {params['disk']} to "
-                                     f"{params['nbd_host']}:{params['nbd_port']}: {exc}")
-        if params["state"] == "ready" and not module.check_mode:
-            try:
-                history: list[dict] = []
-                result["history"] = history
-                result["progress"] = _mirror.wait_ready(session, node, deadline(params["timeout"]),
-                                                        on_progress=lambda _job: history.append(
-                                                            _mirror.all_remaining(session)))
-            except QMPError as exc:
-                module.fail_json(msg=f"disk mirror phase: disk {params['disk']}: {exc}", **result)
-        else:
-            job = _mirror.find_job(session, _mirror.job_id(node))
-            if job:
-                result["progress"] = _mirror.progress(job)
-    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -19,18 +19,47 @@ extends_documentation_fragment:
   - livemig.qemu.attributes.action_group
   - livemig.qemu.attributes.facts
 options:
+  host:
+    description:
+      - This host's locations for VMs and its QEMU, in one dict, for example the one the
+        C(livemig.qemu.live_migration) role builds from a host's C(livemig_run_dir), C(livemig_image_dir),
+        C(livemig_state_dir), C(livemig_shared_dir) and C(livemig_qemu_binary).
+      - Give either this or the separate options O(qemu_binary), O(run_dir), O(image_dir) and O(state_dir), or
+        none of them.
+    type: dict
+    suboptions:
+      run_dir:
+        description: This host's run directory for VMs (where their sockets and pid files are).
+        type: path
+        required: true
+      image_dir:
+        description: This host's image directory. Defaults to O(host.run_dir).
+        type: path
+      state_dir:
+        description: This host's directory of VM records. Defaults to O(host.image_dir).
+        type: path
+      shared_dir:
+        description: This host's path to shared storage. Not used here; accepted so that the same dict serves every
+          module.
+        type: path
+      qemu_binary:
+        description: QEMU system emulator to ask.
+        type: str
+        default: qemu-system-x86_64
   qemu_binary:
-    description: QEMU system emulator to ask.
+    description: QEMU system emulator to ask, as O(host.qemu_binary).
     type: str
     default: qemu-system-x86_64
   run_dir:
-    description: This host's run directory for VMs (where their sockets and pid files are).
+    description:
+      - This host's run directory for VMs (where their sockets and pid files are), as O(host.run_dir).
+      - Without it (and without O(host)), no VMs are listed.
     type: path
   image_dir:
-    description: This host's image directory. Defaults to O(run_dir).
+    description: This host's image directory, as O(host.image_dir). Defaults to O(run_dir).
     type: path
   state_dir:
-    description: This host's directory of VM records. Defaults to O(image_dir).
+    description: This host's directory of VM records, as O(host.state_dir). Defaults to O(image_dir).
     type: path
   check_kvm:
     description: Boot a tiny KVM guest to tell whether KVM is usable. Takes a few milliseconds where KVM works.
@@ -53,6 +82,13 @@ EXAMPLES = r"""
   livemig.qemu.qemu_facts:
     run_dir: /run/livemig
     image_dir: /var/lib/livemig/images
+
+- name: Only list the VMs, with the host's locations in one dict
+  livemig.qemu.qemu_facts:
+    host:
+      run_dir: /run/livemig
+      image_dir: /var/lib/livemig/images
+    probe: false
 
 - name: Show the QEMU version
   ansible.builtin.debug:
@@ -81,60 +117,26 @@ ansible_facts:
       type: dict
 """
 
-import os
-
-from ansible_collections.livemig.qemu.plugins.module_utils import _probe, _vmhost
-from ansible_collections.livemig.qemu.plugins.module_utils._module import new_module, qemu_system
-from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError
-from ansible_collections.livemig.qemu.plugins.module_utils._state import load_record
-from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import VMPaths
-
-
-def known_vms(image_dir: str, run_dir: str, state_dir: str) -> dict:
-    names = set()
-    for directory, suffix in ((state_dir, ".json"), (run_dir, ".pid")):
-        if os.path.isdir(directory):
-            names.update(entry[:-len(suffix)] for entry in os.listdir(directory)
-                         if entry.endswith(suffix) and not entry.startswith("."))
-    vms = {}
-    for name in sorted(names):
-        paths = VMPaths(name, image_dir, run_dir, state_dir)
-        record = load_record(paths.record, name)
-        pid = _vmhost.running_pid(paths)
-        try:
-            status = _vmhost.vm_status(paths, timeout=5) if pid else None
-        except QMPError as exc:
-            status = f"unknown ({exc})"
-        vms[name] = {"running": pid is not None, "status": status, "pid": pid,
-                     "owner": bool(record and record.owner),
-                     "machine": record.machine if record else None, "accel": record.accel if record else None,
-                     "handed_over_to": record.handed_over_to if record else None}
-    return vms
+from ansible_collections.livemig.qemu.plugins.module_utils import _facts
+from ansible_collections.livemig.qemu.plugins.module_utils._module import DEFAULT_QEMU, HOST_OPTION, run_module
 
 
 def main() -> None:
-    module = new_module(
+    run_module(
         {
-            "qemu_binary": {"type": "str", "default": "qemu-system-x86_64"},
+            "host": HOST_OPTION,
+            "qemu_binary": {"type": "str", "default": DEFAULT_QEMU},
             "run_dir": {"type": "path"},
             "image_dir": {"type": "path"},
             "state_dir": {"type": "path"},
             "check_kvm": {"type": "bool", "default": True},
             "probe": {"type": "bool", "default": True},
         },
+        _facts.run,
+        host_required=False,
+        mutually_exclusive=[("host", "qemu_binary")],
         supports_check_mode=True,
     )
-    params = module.params
-    facts: dict = {"memory": _probe.host_memory(), "vms": {}}
-    try:
-        if params["probe"]:
-            facts.update(_probe.host_facts(qemu_system(module), params["check_kvm"]))
-    except (_probe.ProbeError, QMPError) as exc:
-        module.fail_json(msg=f"cannot ask this host's QEMU: {exc}")
-    if params["run_dir"]:
-        image_dir = params["image_dir"] or params["run_dir"]
-        facts["vms"] = known_vms(image_dir, params["run_dir"], params["state_dir"] or image_dir)
-    module.exit_json(changed=False, ansible_facts={"livemig_qemu": facts})
 
 
 if __name__ == "__main__":

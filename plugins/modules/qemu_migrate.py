@@ -189,72 +189,20 @@ source_running:
   description: Whether the VM still runs on this host after a failure.
   returned: on failure
   type: bool
+target_may_have_run:
+  description:
+    - Whether the VM may have run on the target (the device state may have reached it, or post-copy started).
+      When true, the source must never be resumed.
+  returned: on failure
+  type: bool
 """
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _mirror
-from ansible_collections.livemig.qemu.plugins.module_utils._migration import (
-    ACTIVE, MANAGED_PARAMETERS, PAUSED, POSTCOPY, POSTCOPY_RECOVERY, MigrationFailed, MigrationSettings, RequestError,
-    SourceMigration, cancel_migration, check_request, resume_if_paused)
-from ansible_collections.livemig.qemu.plugins.module_utils._module import new_module, qmp, vm_argument_spec, vm_paths
-from ansible_collections.livemig.qemu.plugins.module_utils._state import HostRecord, load_record, save_record
-
-
-def migrate(module, session, paths) -> None:
-    params = module.params
-    status = session.execute("query-migrate").get("status")
-    if status == "completed" and session.execute("query-status")["status"] == "postmigrate":
-        module.exit_json(changed=False, msg="this VM was already migrated away")
-    if params["convergence"] == "postcopy-early" and "postcopy-ram" not in params["capabilities"]:
-        module.fail_json(msg=f"VM {paths.vm}: convergence=postcopy-early needs postcopy-ram in capabilities "
-                             "(and on the target)")
-    try:
-        check_request(session, params["capabilities"], params["parameters"], MANAGED_PARAMETERS)
-    except RequestError as exc:
-        module.fail_json(msg=f"VM {paths.vm}: {exc}")
-    if module.check_mode:
-        module.exit_json(changed=True)
-    settings = MigrationSettings(
-        uri=params["uri"], mirrored_nodes=[f"disk-{disk}" for disk in params["disks"]],
-        max_bandwidth=params["max_bandwidth"], downtime_limit_ms=params["downtime_limit_ms"],
-        convergence=params["convergence"], capabilities=params["capabilities"], parameters=params["parameters"],
-        timeout=params["timeout"], stall_timeout=params["stall_timeout"],
-        switchover_timeout=params["switchover_timeout"], progress_path=paths.progress)
-    try:
-        statistics = SourceMigration(session, settings).run()
-    except MigrationFailed as exc:
-        module.fail_json(msg=f"VM {paths.vm}: {exc}", phase=exc.phase, source_running=exc.source_running,
-                         statistics=exc.stats, progress_file=paths.progress)
-    record = load_record(paths.record, paths.vm) or HostRecord(vm=paths.vm)
-    record.owner = False
-    record.handed_over_to = params["target_name"]
-    save_record(paths.record, record)
-    module.exit_json(changed=True, statistics=statistics, progress_file=paths.progress)
-
-
-def cancel(module, session) -> None:
-    params = module.params
-    status = session.execute("query-migrate").get("status")
-    if status in POSTCOPY:
-        module.fail_json(msg=f"VM {params['name']}: the migration is {status} and cannot be cancelled; "
-                             f"{POSTCOPY_RECOVERY}", phase="post-copy", source_running=False)
-    migrating = status in ACTIVE
-    nodes = [f"disk-{disk}" for disk in params["disks"]]
-    mirrors = [node for node in nodes if _mirror.find_job(session, _mirror.job_id(node))
-               or _mirror.node_exists(session, _mirror.nbd_node(node))]
-    resume = session.execute("query-status")["status"] in PAUSED and not params["target_ran"]
-    if not (migrating or mirrors or resume):
-        module.exit_json(changed=False)
-    if not module.check_mode:
-        cancel_migration(session)
-        for node in mirrors:
-            _mirror.abort(session, node)
-        if resume:
-            resume_if_paused(session)
-    module.exit_json(changed=True, resumed=resume)
+from ansible_collections.livemig.qemu.plugins.module_utils import _source
+from ansible_collections.livemig.qemu.plugins.module_utils._module import run_module, vm_argument_spec
 
 
 def main() -> None:
-    module = new_module(
+    run_module(
         vm_argument_spec(
             state={"type": "str", "default": "completed", "choices": ["completed", "cancelled"]},
             uri={"type": "str"},
@@ -270,15 +218,10 @@ def main() -> None:
             switchover_timeout={"type": "float", "default": 60},
             target_ran={"type": "bool", "default": True},
         ),
+        _source.run,
         supports_check_mode=True,
         required_if=[("state", "completed", ("uri",))],
     )
-    paths = vm_paths(module)
-    with qmp(module, paths.job_qmp) as session:
-        if module.params["state"] == "completed":
-            migrate(module, session, paths)
-        else:
-            cancel(module, session)
 
 
 if __name__ == "__main__":

@@ -99,78 +99,12 @@ disk_allocated:
   sample: {"root": 9502720}
 """
 
-import time
-
-from ansible_collections.livemig.qemu.plugins.module_utils._migration import RequestError, check_request
-from ansible_collections.livemig.qemu.plugins.module_utils._module import new_module, qmp, vm_argument_spec, vm_paths
-from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession, QMPTimeout, event_time
-
-
-def listening_uri(info: dict) -> str | None:
-    for address in info.get("socket-address") or []:
-        if address.get("type") == "inet":
-            return f"tcp:{address['host']}:{address['port']}"
-    return None
-
-
-def listen(module, session: QMPSession) -> dict:
-    params = module.params
-    status = session.execute("query-status")["status"]
-    if status != "inmigrate":
-        module.fail_json(msg=f"VM {params['name']}: QEMU is {status}, not waiting for an incoming migration")
-    uri = listening_uri(session.execute("query-migrate"))
-    if uri:
-        return {"changed": False, "uri": uri, "port": int(uri.rsplit(":", 1)[1]), "status": status}
-    try:
-        parameters = check_request(session, params["capabilities"], params["parameters"])
-    except RequestError as exc:
-        module.fail_json(msg=f"VM {params['name']}: {exc}")
-    if module.check_mode:
-        return {"changed": True, "status": status}
-    capabilities = sorted({"events", *params["capabilities"]})
-    try:
-        session.execute("migrate-set-capabilities", {"capabilities": [
-            {"capability": name, "state": True} for name in capabilities]})
-        if parameters:
-            session.execute("migrate-set-parameters", parameters)
-    except QMPError as exc:
-        module.fail_json(msg=f"VM {params['name']}: QEMU refused the capabilities {', '.join(capabilities)} or the "
-                             f"parameters {parameters}: {exc}")
-    session.execute("migrate-incoming", {"uri": f"tcp:{params['address']}:{params['port']}"})
-    uri = listening_uri(session.execute("query-migrate"))
-    if not uri:
-        module.fail_json(msg=f"VM {params['name']}: QEMU accepted migrate-incoming but reports no listening address")
-    return {"changed": True, "uri": uri, "port": int(uri.rsplit(":", 1)[1]), "status": status}
-
-
-def disk_allocated(session: QMPSession) -> dict:
-    return {node["node-name"][len("file-"):]: node["image"].get("actual-size", 0)
-            for node in session.execute("query-named-block-nodes", {"flat": True})
-            if node.get("node-name", "").startswith("file-") and "image" in node}
-
-
-def wait_completed(module, session: QMPSession) -> dict:
-    deadline = time.monotonic() + module.params["timeout"]
-    with session.subscribe(("RESUME", "MIGRATION")) as events:
-        status = session.execute("query-status")["status"]
-        if status == "running":
-            return {"changed": False, "status": status, "resume_time": None, "disk_allocated": disk_allocated(session)}
-        while True:
-            try:
-                event = events.wait(None, deadline, "the incoming migration to complete")
-            except QMPTimeout:
-                module.fail_json(msg=f"VM {module.params['name']}: the incoming migration did not complete in time",
-                                 status=session.execute("query-status")["status"])
-            if event["event"] == "RESUME":
-                return {"changed": False, "status": "running", "resume_time": event_time(event),
-                        "disk_allocated": disk_allocated(session)}
-            if event["data"].get("status") in ("failed", "postcopy-paused"):
-                module.fail_json(msg=f"VM {module.params['name']}: the incoming migration {event['data']['status']}",
-                                 status=session.execute("query-status")["status"])
+from ansible_collections.livemig.qemu.plugins.module_utils import _incoming
+from ansible_collections.livemig.qemu.plugins.module_utils._module import run_module, vm_argument_spec
 
 
 def main() -> None:
-    module = new_module(
+    run_module(
         vm_argument_spec(
             state={"type": "str", "default": "listening", "choices": ["listening", "completed"]},
             address={"type": "str"},
@@ -179,17 +113,10 @@ def main() -> None:
             parameters={"type": "dict", "default": {}},
             timeout={"type": "float", "default": 3600},
         ),
+        _incoming.run,
         supports_check_mode=True,
         required_if=[("state", "listening", ("address",))],
     )
-    paths = vm_paths(module)
-    if module.params["state"] == "listening":
-        with qmp(module, paths.qmp) as session:
-            result = listen(module, session)
-    else:
-        with qmp(module, paths.job_qmp) as session:
-            result = wait_completed(module, session)
-    module.exit_json(**result)
 
 
 if __name__ == "__main__":

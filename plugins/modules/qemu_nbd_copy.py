@@ -45,9 +45,10 @@ options:
     required: false
   run_dir:
     description:
-      - This host's directory for the VM's volatile files; the server's pid file is
+      - This host's directory for the VM's volatile files, as O(host.run_dir); the server's pid file is
         C(<run_dir>/<name>.copy-<label>.pid).
-      - Required for O(state=listening), O(state=finished) and O(state=absent).
+      - O(state=listening), O(state=finished) and O(state=absent) need this or O(host); O(state=sent) needs
+        neither.
     type: path
     required: false
   label:
@@ -147,8 +148,9 @@ EXAMPLES = r"""
   livemig.qemu.qemu_nbd_copy:
     state: finished
     name: web1
-    run_dir: /run/livemig
-    image_dir: /var/lib/livemig/images
+    host:
+      run_dir: /run/livemig
+      image_dir: /var/lib/livemig/images
     label: root
   delegate_to: hv2
 
@@ -211,128 +213,8 @@ msg:
   type: str
 """
 
-import os
-import secrets
-
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.livemig.qemu.plugins.module_utils import _nbdcopy as nbd
-from ansible_collections.livemig.qemu.plugins.module_utils._module import qemu_tool, vm_argument_spec, vm_paths
-from ansible_collections.livemig.qemu.plugins.module_utils._state import HostRecord, load_record, save_record
-from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import remove_file
-from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import VMPaths
-
-RECEIVING = {"listening": ("label", "path", "address"), "finished": ("label",), "absent": ("label", "path")}
-
-
-def server_result(server: dict) -> dict:
-    return {"uri": nbd.nbd_uri(server["host"], server["port"], server["export"]), "host": server["host"],
-            "port": server["port"], "export": server["export"], "pid": server["pid"]}
-
-
-def listening(module: AnsibleModule, paths: VMPaths, record: HostRecord) -> dict:
-    params = module.params
-    label, path, fmt, size = params["label"], params["path"], params["format"], params["size"]
-    key = f"copy:{label}"
-    server = record.volatile.get(key)
-    if server and nbd.server_alive(server):
-        wanted = {"path": path, "format": fmt, "host": params["address"], "port": params["port"] or server["port"]}
-        if any(server[item] != value for item, value in wanted.items()):
-            module.fail_json(msg=f"copy {label} of VM {paths.vm} already listens for {server['path']} "
-                                 f"({server['format']}) on {server['host']}:{server['port']}: end it first "
-                                 "(state=finished or state=absent)")
-        return {"changed": False, "msg": f"qemu-nbd already listens for {path}", **server_result(server)}
-    qemu_img, qemu_nbd = qemu_tool(module, "qemu-img"), qemu_tool(module, "qemu-nbd")
-    exists = os.path.exists(path)
-    if exists and params["replace"]:
-        if module.check_mode:
-            return {"changed": True, "msg": f"would replace {path} and serve it for copy {label}"}
-        remove_file(path)
-        exists = False
-    if exists:
-        nbd.check_destination(qemu_img, path, fmt, size)
-    elif size is None or size <= 0:
-        module.fail_json(msg=f"{path} does not exist: give its virtual size in bytes (size) to create it")
-    if module.check_mode:
-        return {"changed": True, "msg": f"would {'' if exists else 'create and '}serve {path} for copy {label}"}
-    if not exists:
-        nbd.create_image(qemu_img, path, fmt, size)
-    server = {"host": params["address"], "export": f"{label}-{secrets.token_hex(16)}", "path": path,
-              "format": fmt, "pidfile": os.path.join(paths.run_dir, f"{paths.vm}.copy-{label}.pid")}
-    if fmt == "raw":
-        server["size"] = size if size is not None else os.path.getsize(path)
-    try:
-        server["pid"], server["port"] = nbd.start_server(qemu_nbd, path, fmt, server["host"], params["port"],
-                                                         server["export"], server["pidfile"])
-    except nbd.NBDCopyError:
-        if not exists:
-            remove_file(path)
-        raise
-    record.volatile[key] = server
-    save_record(paths.record, record)
-    return {"changed": True, "msg": f"qemu-nbd serves {path} for copy {label}", **server_result(server)}
-
-
-def finished(module: AnsibleModule, paths: VMPaths, record: HostRecord) -> dict:
-    label, timeout = module.params["label"], module.params["timeout"]
-    server = record.volatile.get(f"copy:{label}")
-    if not server:
-        return {"changed": False, "msg": f"no server recorded for copy {label}"}
-    if module.check_mode:
-        return {"changed": True, "msg": f"would wait for the server of copy {label} to exit"}
-    exited = nbd.wait_server_exit(server, timeout)
-    nbd.stop_server(server)
-    del record.volatile[f"copy:{label}"]
-    save_record(paths.record, record)
-    if not exited:
-        module.fail_json(msg=f"qemu-nbd for copy {label} ({server['path']}) did not exit within {timeout:.0f}s: the "
-                             "sender never connected or is still copying. It was stopped; the copy is incomplete")
-    nbd.finish_file(server["path"], server["format"], server.get("size"), module.params["fsync"])
-    return {"changed": True, "msg": f"copy {label} into {server['path']} finished"}
-
-
-def absent(module: AnsibleModule, paths: VMPaths, record: HostRecord) -> dict:
-    label, path = module.params["label"], module.params["path"]
-    server = record.volatile.get(f"copy:{label}")
-    if not server and not os.path.exists(path):
-        return {"changed": False, "msg": f"no server and no {path} for copy {label}"}
-    if module.check_mode:
-        return {"changed": True, "msg": f"would stop the server of copy {label} and delete {path}"}
-    if server:
-        nbd.stop_server(server)
-        del record.volatile[f"copy:{label}"]
-        save_record(paths.record, record)
-    remove_file(path)
-    return {"changed": True, "msg": f"stopped copy {label} and deleted {path}"}
-
-
-def sent(module: AnsibleModule) -> dict:
-    params = module.params
-    src, fmt, uri = params["src"], params["src_format"], params["uri"]
-    if not os.path.isabs(src) or not os.path.isfile(src):
-        module.fail_json(msg=f"src {src} must be an absolute path to an existing file on this host")
-    if not uri.startswith("nbd://"):
-        module.fail_json(msg=f"uri {uri} must be the nbd:// address that state=listening returned")
-    if module.check_mode:
-        return {"changed": True, "msg": f"would copy {src} ({fmt}) to {uri}"}
-    qemu_img = qemu_tool(module, "qemu-img")
-    allocated, size = nbd.allocation(qemu_img, src, fmt, params["force_share"], params["timeout"])
-    seconds = nbd.send(qemu_img, src, fmt, uri, params["force_share"], params["timeout"])
-    if fmt == "raw":
-        size = os.path.getsize(src)  # QEMU rounds a raw file up to whole sectors
-    return {"changed": True, "msg": f"copied {src} to {uri}", "bytes_allocated": allocated, "virtual_size": size,
-            "seconds": round(seconds, 3)}
-
-
-def receive(module: AnsibleModule) -> dict:
-    params = module.params
-    if not nbd.LABEL.fullmatch(params["label"]):
-        module.fail_json(msg=f"invalid label {params['label']!r}: it must match {nbd.LABEL.pattern}")
-    if params["path"] is not None and not os.path.isabs(params["path"]):
-        module.fail_json(msg=f"path {params['path']} must be absolute")
-    paths = vm_paths(module)
-    record = load_record(paths.record, paths.vm) or HostRecord(vm=paths.vm)
-    return {"listening": listening, "finished": finished, "absent": absent}[params["state"]](module, paths, record)
+from ansible_collections.livemig.qemu.plugins.module_utils import _copy, _nbdcopy
+from ansible_collections.livemig.qemu.plugins.module_utils._module import run_module, vm_argument_spec
 
 
 def main() -> None:
@@ -341,31 +223,21 @@ def main() -> None:
         label={"type": "str"},
         replace={"type": "bool", "default": False},
         path={"type": "path"},
-        format={"type": "str", "default": "qcow2", "choices": list(nbd.FORMATS)},
+        format={"type": "str", "default": "qcow2", "choices": list(_nbdcopy.FORMATS)},
         size={"type": "int"},
         address={"type": "str"},
         port={"type": "int", "default": 0},
         src={"type": "path"},
-        src_format={"type": "str", "default": "qcow2", "choices": list(nbd.FORMATS)},
+        src_format={"type": "str", "default": "qcow2", "choices": list(_nbdcopy.FORMATS)},
         uri={"type": "str"},
         force_share={"type": "bool", "default": False},
         timeout={"type": "float", "default": 3600},
         fsync={"type": "bool", "default": True},
     )
-    # The sending host needs no VM record, hence no VM name or run directory.
+    # The sending host needs no VM record, hence no VM name and no host locations.
     spec["name"] = {**spec["name"], "required": False}
-    spec["run_dir"] = {**spec["run_dir"], "required": False}
-    module = AnsibleModule(
-        argument_spec=spec,
-        supports_check_mode=True,
-        required_if=[("state", "sent", ("src", "uri"))]
-        + [("state", state, ("name", "run_dir", *needed)) for state, needed in RECEIVING.items()],
-    )
-    try:
-        result = sent(module) if module.params["state"] == "sent" else receive(module)
-    except (nbd.NBDCopyError, OSError) as exc:
-        module.fail_json(msg=f"{module.params['state']}: {exc}")
-    module.exit_json(**result)
+    run_module(spec, _copy.run, needs_qmp=False, host_required=False, supports_check_mode=True,
+               required_if=_copy.REQUIRED_IF)
 
 
 if __name__ == "__main__":

@@ -49,11 +49,12 @@ EXAMPLES = r"""
     disks: [root]
   register: nbd
 
-- name: Stop exporting
+- name: Stop exporting, with the host's locations in one dict
   livemig.qemu.qemu_nbd_export:
     name: web1
-    run_dir: /run/livemig
-    image_dir: /var/lib/livemig/images
+    host:
+      run_dir: /run/livemig
+      image_dir: /var/lib/livemig/images
     state: absent
 """
 
@@ -73,94 +74,22 @@ exports:
   sample: {"root": "root-3q2Xk9yWcPj1s0bq"}
 """
 
-import secrets
-
-from ansible_collections.livemig.qemu.plugins.module_utils._module import new_module, qmp, vm_argument_spec, vm_paths
-from ansible_collections.livemig.qemu.plugins.module_utils._nbdcopy import free_port
-from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
-from ansible_collections.livemig.qemu.plugins.module_utils._state import HostRecord, load_record, save_record
-from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import DISK_NAME
-
-EXPORT_PREFIX = "livemig-export-"
-PORT_ATTEMPTS = 5
-
-
-def our_exports(session: QMPSession) -> dict[str, dict]:
-    return {item["id"][len(EXPORT_PREFIX):]: item for item in session.execute("query-block-exports")
-            if item["id"].startswith(EXPORT_PREFIX)}
-
-
-def start_server(session: QMPSession, address: str, port: int) -> int:
-    for attempt in range(PORT_ATTEMPTS):
-        chosen = port or free_port(address)
-        try:
-            session.execute("nbd-server-start",
-                            {"addr": {"type": "inet", "data": {"host": address, "port": str(chosen)}}})
-            return chosen
-        except QMPError as exc:
-            if port or "in use" not in str(exc).lower() or attempt == PORT_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
-def present(module, session: QMPSession, record: HostRecord) -> dict:
-    params = module.params
-    server = record.volatile.get("nbd")
-    exports = our_exports(session)
-    missing = [disk for disk in params["disks"] if disk not in exports]
-    names = dict(server.get("exports", {})) if server else {}
-    if server and not missing:
-        return {"changed": False, "host": server["host"], "port": server["port"], "exports": names}
-    if module.check_mode:
-        return {"changed": True, "exports": {}}
-    if not server:
-        server = {"host": params["address"], "port": start_server(session, params["address"], params["port"])}
-    for disk in missing:
-        names[disk] = f"{disk}-{secrets.token_urlsafe(12)}"
-        session.execute("block-export-add", {"type": "nbd", "id": EXPORT_PREFIX + disk, "node-name": f"disk-{disk}",
-                                             "name": names[disk], "writable": True})
-    server["exports"] = names
-    record.volatile["nbd"] = server
-    return {"changed": True, "host": server["host"], "port": server["port"], "exports": names}
-
-
-def absent(module, session: QMPSession, record: HostRecord) -> dict:
-    exports = our_exports(session)
-    if not exports and "nbd" not in record.volatile:
-        return {"changed": False}
-    if not module.check_mode:
-        for disk in exports:
-            session.execute("block-export-del", {"id": EXPORT_PREFIX + disk, "mode": "hard"})
-        try:
-            session.execute("nbd-server-stop")
-        except QMPError as exc:
-            if "not running" not in str(exc).lower():
-                raise
-        record.volatile.pop("nbd", None)
-    return {"changed": True}
+from ansible_collections.livemig.qemu.plugins.module_utils import _nbdexport
+from ansible_collections.livemig.qemu.plugins.module_utils._module import run_module, vm_argument_spec
 
 
 def main() -> None:
-    module = new_module(
+    run_module(
         vm_argument_spec(
             state={"type": "str", "default": "present", "choices": ["present", "absent"]},
             disks={"type": "list", "elements": "str", "default": []},
             address={"type": "str"},
             port={"type": "int", "default": 0},
         ),
+        _nbdexport.run,
         supports_check_mode=True,
         required_if=[("state", "present", ("address",))],
     )
-    paths = vm_paths(module)
-    bad = [disk for disk in module.params["disks"] if not DISK_NAME.fullmatch(disk)]
-    if bad:
-        module.fail_json(msg=f"invalid disk names {bad}: each must match {DISK_NAME.pattern}")
-    record = load_record(paths.record, paths.vm) or HostRecord(vm=paths.vm)
-    with qmp(module, paths.qmp) as session:
-        result = (present if module.params["state"] == "present" else absent)(module, session, record)
-    if result["changed"] and not module.check_mode:
-        save_record(paths.record, record)
-    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ EXAMPLES = r"""
 - name: Set the downtime limit
   livemig.qemu.qemu_qmp:
     name: web1
-    run_dir: /run/livemig
+    host:
+      run_dir: /run/livemig
     command: migrate-set-parameters
     arguments:
       downtime-limit: 200
@@ -75,22 +76,12 @@ queried:
   type: raw
 """
 
-import traceback
-
-from ansible.module_utils.basic import missing_required_lib
-
-from ansible_collections.livemig.qemu.plugins.module_utils._module import new_module, qmp, vm_argument_spec, vm_paths
-
-try:
-    import jmespath
-
-    JMESPATH_IMPORT_ERROR = None
-except ImportError:
-    JMESPATH_IMPORT_ERROR = traceback.format_exc()
+from ansible_collections.livemig.qemu.plugins.module_utils import _qmpcommand
+from ansible_collections.livemig.qemu.plugins.module_utils._module import run_module, vm_argument_spec
 
 
 def main() -> None:
-    module = new_module(
+    run_module(
         vm_argument_spec(
             command={"type": "str", "required": True},
             arguments={"type": "dict", "default": {}},
@@ -98,26 +89,9 @@ def main() -> None:
             monitor={"type": "str", "default": "main", "choices": ["main", "job"]},
             timeout={"type": "float", "default": 30},
         ),
+        _qmpcommand.run,
         supports_check_mode=True,
     )
-    params = module.params
-    read_only = params["command"].startswith("query-")
-    if params["query"]:
-        if JMESPATH_IMPORT_ERROR is not None:
-            module.fail_json(msg=missing_required_lib("jmespath"), exception=JMESPATH_IMPORT_ERROR)
-        try:
-            expression = jmespath.compile(params["query"])
-        except jmespath.exceptions.JMESPathError as exc:
-            module.fail_json(msg=f"invalid JMESPath query {params['query']!r}: {exc}")
-    if module.check_mode and not read_only:
-        module.exit_json(changed=True, skipped_reason="check mode: only query-* commands run")
-    paths = vm_paths(module)
-    with qmp(module, paths.job_qmp if params["monitor"] == "job" else paths.qmp) as session:
-        result = session.execute(params["command"], params["arguments"], timeout=params["timeout"])
-    output = {"changed": not read_only, "result": result}
-    if params["query"]:
-        output["queried"] = expression.search(result)
-    module.exit_json(**output)
 
 
 if __name__ == "__main__":

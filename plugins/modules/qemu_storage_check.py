@@ -55,12 +55,13 @@ EXAMPLES = r"""
     state: marked
   register: marks
 
-- name: Look for the marks on the target
+- name: Look for the marks on the target, with its locations in one dict
   livemig.qemu.qemu_storage_check:
     name: web1
-    run_dir: /run/livemig
-    image_dir: /srv/images
-    shared_dir: /net/vmstore
+    host:
+      run_dir: /run/livemig
+      image_dir: /srv/images
+      shared_dir: /net/vmstore
     spec: "{{ livemig_vms.web1 }}"
     state: checked
     token: "{{ marks.token }}"
@@ -92,78 +93,21 @@ disks:
   sample: {"root": {"path": "/mnt/vmstore/web1-root.qcow2", "exists": true, "same_file": true}}
 """
 
-import os
-import secrets
-
-from ansible_collections.livemig.qemu.plugins.module_utils._module import (
-    new_module, qemu_tool, vm_argument_spec, vm_paths)
-from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import VMHostError, image_virtual_size
-from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import SpecError, parse_spec
-
-
-def token_path(image: str) -> str:
-    directory, filename = os.path.split(image)
-    return os.path.join(directory, f".{filename}.livemig-token")
-
-
-def read_token(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii") as handle:
-            return handle.read().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
+from ansible_collections.livemig.qemu.plugins.module_utils import _storage
+from ansible_collections.livemig.qemu.plugins.module_utils._module import run_module, vm_argument_spec
 
 
 def main() -> None:
-    module = new_module(
+    run_module(
         vm_argument_spec(
             state={"type": "str", "choices": ["marked", "checked", "unmarked"], "required": True},
             spec={"type": "dict", "required": True},
             token={"type": "str", "no_log": False},
         ),
+        _storage.run,
         required_if=[("state", "checked", ["token"])],
         supports_check_mode=True,
     )
-    paths = vm_paths(module)
-    try:
-        spec = parse_spec(paths.vm, module.params["spec"])
-    except SpecError as exc:
-        module.fail_json(msg=str(exc))
-    state = module.params["state"]
-    token = module.params["token"] if state == "checked" else secrets.token_hex(16)
-    changed = False
-    disks = {}
-    for disk in spec.disks:
-        image = paths.disk(disk)
-        marker = token_path(image)
-        info = {"path": image, "exists": os.path.exists(image)}
-        if state == "marked" and info["exists"]:
-            try:
-                info["virtual_size"] = image_virtual_size(qemu_tool(module, "qemu-img"), image)
-            except VMHostError as exc:
-                module.fail_json(msg=f"disk {disk.name}: {exc}")
-        if state == "marked" and info["exists"]:
-            changed = True
-            if not module.check_mode:
-                try:
-                    with open(marker, "w", encoding="ascii") as handle:
-                        handle.write(token + "\n")
-                except OSError as exc:
-                    module.fail_json(msg=f"cannot write the token file next to disk {disk.name}: {exc}")
-        elif state == "checked":
-            info["same_file"] = info["exists"] and read_token(marker) == token
-        elif state == "unmarked" and os.path.exists(marker):
-            changed = True
-            if not module.check_mode:
-                try:
-                    os.unlink(marker)
-                except OSError as exc:
-                    module.fail_json(msg=f"cannot remove the token file {marker}: {exc}")
-        disks[disk.name] = info
-    result = {"changed": changed, "disks": disks}
-    if state != "unmarked":
-        result["token"] = token
-    module.exit_json(**result)
 
 
 if __name__ == "__main__":

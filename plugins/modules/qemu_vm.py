@@ -42,7 +42,7 @@ options:
         and C(disks), a list of dicts with C(name), C(size_mb), C(format) (V(qcow2) or V(raw)), C(shared).
     type: dict
   qemu_binary:
-    description: QEMU system emulator to run.
+    description: QEMU system emulator to run, as O(host.qemu_binary) (which takes its place when O(host) is given).
     type: str
     default: qemu-system-x86_64
   claim:
@@ -156,12 +156,12 @@ stopped_by:
   type: str
 """
 
-from ansible_collections.livemig.qemu.plugins.module_utils._lifecycle import VMLifecycle
-from ansible_collections.livemig.qemu.plugins.module_utils._module import new_module, vm_argument_spec
+from ansible_collections.livemig.qemu.plugins.module_utils import _lifecycle
+from ansible_collections.livemig.qemu.plugins.module_utils._module import run_module, vm_argument_spec
 
 
 def main() -> None:
-    module = new_module(
+    run_module(
         vm_argument_spec(
             state={"type": "str", "default": "running", "choices": ["running", "incoming", "stopped", "absent"]},
             spec={"type": "dict"},
@@ -174,11 +174,10 @@ def main() -> None:
             keep_disks={"type": "bool", "default": False},
             powerdown_timeout={"type": "float", "default": 120},
         ),
+        _lifecycle.run,
         supports_check_mode=True,
-        required_if=[("state", "running", ("spec", "image_dir")),
-                     ("state", "incoming", ("spec", "image_dir", "machine", "accel"))],
+        required_if=[("state", "running", ("spec",)), ("state", "incoming", ("spec", "machine", "accel"))],
     )
-    VMLifecycle(module).apply()
 
 
 if __name__ == "__main__":

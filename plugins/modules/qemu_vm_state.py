@@ -40,7 +40,7 @@ options:
   path:
     description:
       - Absolute path of the state file on this host. It holds the guest's RAM; it is created with mode 0600.
-      - Defaults to C(<state_dir>/<name>.state), with O(state_dir) as in the VM options.
+      - Defaults to C(<state_dir>/<name>.state), with O(state_dir) (or O(host.state_dir)) as in the VM options.
     type: path
   timeout:
     description: Seconds the transfer of the state may take before it is abandoned.
@@ -137,110 +137,21 @@ vm_running:
   type: bool
 """
 
-import os
-
-from ansible_collections.livemig.qemu.plugins.module_utils import _statefile, _vmhost
-from ansible_collections.livemig.qemu.plugins.module_utils._migration import ACTIVE
-from ansible_collections.livemig.qemu.plugins.module_utils._module import new_module, qmp, vm_argument_spec, vm_paths
-
-
-def has_state(path: str) -> bool:
-    return os.path.isfile(path) and os.path.getsize(path) > 0
-
-
-class VMState:
-    def __init__(self, module, paths, path: str):
-        self.module = module
-        self.paths = paths
-        self.path = path
-        self.vm = paths.vm
-
-    def done(self, changed: bool, msg: str, **result) -> None:
-        self.module.exit_json(changed=changed, msg=msg, path=self.path, **result)
-
-    def fail(self, msg: str, **result) -> None:
-        self.module.fail_json(msg=f"VM {self.vm}: {msg}", path=self.path, **result)
-
-    def session(self):
-        if _vmhost.running_pid(self.paths) is None:
-            self.fail(f"no QEMU of this VM runs on this host (no live pid in {self.paths.pidfile})")
-        return qmp(self.module, self.paths.job_qmp)
-
-    def saved(self) -> None:
-        with self.session() as session:
-            status = session.execute("query-status")["status"]
-            migration = session.execute("query-migrate").get("status")
-            if status == "postmigrate" and migration == "completed" and has_state(self.path):
-                self.done(False, f"already saved to {self.path}; the VM stays paused", status=status)
-            if migration in ACTIVE:
-                self.fail(f"a migration is already {migration} on this VM; cancel it first", status=status)
-            if status in ("inmigrate", "postmigrate", "finish-migrate"):
-                self.fail(f"QEMU is {status}, so it holds no state of its own to save "
-                          f"({'restore into it with state=restored' if status == 'inmigrate' else 'already moved'})",
-                          status=status)
-            if self.module.check_mode:
-                self.done(True, f"would stop the VM ({status}) and save its state to {self.path}", status=status)
-            try:
-                result = _statefile.save_state(session, self.path, self.module.params["timeout"])
-            except _statefile.StateFileError as exc:
-                self.fail(str(exc), vm_running=exc.vm_running)
-        self.done(True, f"saved the VM state to {self.path}; the VM is paused", **result)
-
-    def restored(self) -> None:
-        resume = self.module.params["resume"]
-        with self.session() as session:
-            status = session.execute("query-status")["status"]
-            migration = session.execute("query-migrate").get("status")
-            if status in ("running", "paused") and migration == "completed":
-                if status == "running" or not resume:
-                    self.done(False, f"the state was already restored; the VM is {status}", status=status)
-                if self.module.check_mode:
-                    self.done(True, "the state was already restored; would resume the VM", status=status)
-                session.execute("cont")
-                self.done(True, "the state was already restored; resumed the VM",
-                          status=session.execute("query-status")["status"])
-            if status != "inmigrate":
-                self.fail(f"QEMU is {status}, not waiting for an incoming migration (start it with "
-                          "qemu_vm state=incoming)", status=status)
-            if not has_state(self.path):
-                self.fail(f"the state file {self.path} is missing or empty", status=status)
-            if self.module.check_mode:
-                self.done(True, f"would restore the VM state from {self.path}"
-                          f"{' and resume the VM' if resume else ''}", status=status)
-            try:
-                result = _statefile.restore_state(session, self.path, self.module.params["timeout"], resume)
-            except _statefile.StateFileError as exc:
-                self.fail(f"{exc}; remove this QEMU", vm_running=exc.vm_running)
-        self.done(True, f"restored the VM state from {self.path}", **result)
-
-    def absent(self) -> None:
-        present = [path for path in (self.path, _statefile.partial_path(self.path)) if os.path.lexists(path)]
-        if not present:
-            self.done(False, f"no state file at {self.path}")
-        if not self.module.check_mode:
-            for path in present:
-                try:
-                    os.unlink(path)
-                except OSError as exc:
-                    self.fail(f"cannot remove {path}: {exc.strerror}")
-        self.done(True, f"{'would remove' if self.module.check_mode else 'removed'} {', '.join(present)}")
+from ansible_collections.livemig.qemu.plugins.module_utils import _vmstate
+from ansible_collections.livemig.qemu.plugins.module_utils._module import run_module, vm_argument_spec
 
 
 def main() -> None:
-    module = new_module(
+    run_module(
         vm_argument_spec(
             state={"type": "str", "required": True, "choices": ["saved", "restored", "absent"]},
             path={"type": "path"},
             timeout={"type": "float", "default": 3600},
             resume={"type": "bool", "default": True},
         ),
+        _vmstate.run,
         supports_check_mode=True,
     )
-    paths = vm_paths(module)
-    path = module.params["path"] or os.path.join(paths.state_dir, f"{paths.vm}.state")
-    if not os.path.isabs(path):
-        module.fail_json(msg=f"path must be absolute, got {path!r}")
-    getattr(VMState(module, paths, path), module.params["state"])()
 
 
 if __name__ == "__main__":

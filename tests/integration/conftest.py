@@ -1,10 +1,12 @@
 """Integration tests: the documented playbooks against the two-host lab, with the test guest under real QEMU."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -41,6 +43,38 @@ def settle(tap, host: str) -> None:
     tap.wait_for(r"^PC \d+ OK", label=host, timeout=60)
 
 
+@contextlib.contextmanager
+def watched(lab, name: str, host: str) -> Iterator:
+    """The guest's console, tapped for the block and settled on `host` first; the tap stops when the block ends."""
+    tap = lab.tap(name)
+    try:
+        settle(tap, host)
+        yield tap
+    finally:
+        tap.stop()
+
+
+def precopy_running(lab, name: str, host: str = "hv1") -> bool:
+    """RAM pre-copy from `host` has started moving data."""
+    info = lab.qmp(host, name, "query-migrate")
+    return info.get("status") == "active" and info.get("ram", {}).get("transferred", 0) > 0
+
+
+def last_ring(tap) -> int:
+    """The sequence number of the guest's last disk-ring write seen on its console."""
+    return guestcheck.analyze(tap.snapshot())["last_ring_seq"]
+
+
+def move_and_verify(lab, name: str, digest: str, source: str, target: str, method: str = "live-mirror",
+                    **extra) -> dict:
+    """Move a running guest and check it (migrate_and_check), then stop it on the target and check its disk."""
+    with watched(lab, name, source) as tap:
+        report = migrate_and_check(lab, tap, name, source, target, method, **extra)
+        ring = last_ring(tap)
+    finish_and_check_disk(lab, name, target, digest, ring)
+    return report
+
+
 def migrate_and_check(lab, tap, name: str, source: str, target: str, method: str = "live-mirror", **extra) -> dict:
     """Migrate through the documented playbook; the guest must go on where it was, without losing an update."""
     before = time.monotonic()
@@ -67,10 +101,10 @@ def migrate_and_check(lab, tap, name: str, source: str, target: str, method: str
     return report
 
 
-def finish_and_check_disk(lab, name: str, host: str, digest: str, last_ring: int) -> None:
+def finish_and_check_disk(lab, name: str, host: str, digest: str, min_seq: int) -> None:
     lab.stop(name)
     image = lab.disk_path(name, host)
-    ring = guestcheck.check_ring(image, RING_BLOCKS, min_seq=last_ring)
+    ring = guestcheck.check_ring(image, RING_BLOCKS, min_seq=min_seq)
     assert ring["ok"], ring["problems"]
     assert guestcheck.hash_outside_ring(image, RING_BLOCKS) == digest, "the disk outside the ring changed"
 

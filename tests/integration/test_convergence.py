@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO_ROOT, finish_and_check_disk, guestcheck, link, migrate_and_check, settle, wait_until
+from conftest import REPO_ROOT, guestcheck, link, move_and_verify, precopy_running, wait_until, watched
 
 # The heavy guest dirties 128 MiB/s; 32 MiB/s of bandwidth can never catch up by pre-copy alone.
 TOO_SLOW = {"livemig_max_bandwidth": 32 << 20, "livemig_capabilities_deny": ["auto-converge"]}
@@ -18,47 +18,32 @@ TOO_SLOW = {"livemig_max_bandwidth": 32 << 20, "livemig_capabilities_deny": ["au
 def test_heavy_workload_on_a_1gbit_link_completes_under_auto(lab, vm):
     name = vm("heavy")
     digest = lab.start(name, "hv1")
-    tap = lab.tap(name)
     link("hv2", "limit", "1gbit")
     try:
-        settle(tap, "hv1")
         # Under TCG even a 99 % throttle can leave this guest dirtying near the link rate: post-copy is allowed as
         # the policy's last step, so the move always completes (by throttling or, failing that, by post-copy).
-        report = migrate_and_check(lab, tap, name, "hv1", "hv2", livemig_allow_postcopy=True)
-        last_ring = guestcheck.analyze(tap.snapshot())["last_ring_seq"]
+        report = move_and_verify(lab, name, digest, "hv1", "hv2", livemig_allow_postcopy=True)
     finally:
         link("hv2", "unlimit")
-        tap.stop()
     stats = report["statistics"]
     assert stats["policy"] == "auto"
     limits = [action["parameters"]["downtime-limit"] for action in stats["policy_actions"]
               if "downtime-limit" in action.get("parameters", {})]
     assert max(limits, default=0) <= 300, "the downtime limit never goes above livemig_max_downtime_ms"
-    finish_and_check_disk(lab, name, "hv2", digest, last_ring)
 
 
 def test_post_copy_finishes_what_pre_copy_cannot(lab, vm):
     name = vm("heavy")
-    digest = lab.start(name, "hv1")
-    tap = lab.tap(name)
-    try:
-        settle(tap, "hv1")
-        report = migrate_and_check(lab, tap, name, "hv1", "hv2", livemig_allow_postcopy=True, **TOO_SLOW)
-        last_ring = guestcheck.analyze(tap.snapshot())["last_ring_seq"]
-    finally:
-        tap.stop()
+    report = move_and_verify(lab, name, lab.start(name, "hv1"), "hv1", "hv2", livemig_allow_postcopy=True, **TOO_SLOW)
     stats = report["statistics"]
     assert stats["postcopy_started"], stats["policy_actions"]
     assert any("postcopy" in json.dumps(action).lower() for action in stats["policy_actions"])
-    finish_and_check_disk(lab, name, "hv2", digest, last_ring)
 
 
 def test_without_post_copy_it_aborts_with_the_rates_and_the_guest_runs_on(lab, vm):
     name = vm("heavy")
     lab.start(name, "hv1", prefill=False)
-    tap = lab.tap(name)
-    try:
-        settle(tap, "hv1")
+    with watched(lab, name, "hv1") as tap:
         result = lab.migrate(name, "hv1", "hv2", **TOO_SLOW)
         assert result.failed, result.output
         found = re.search(r"pre-copy cannot converge: the guest dirties ([\d.]+) MiB/s, the link carries ([\d.]+) MiB/s",
@@ -70,24 +55,16 @@ def test_without_post_copy_it_aborts_with_the_rates_and_the_guest_runs_on(lab, v
         assert lab.pid("hv2", name) is None and lab.record("hv1", name)["owner"] is True
         tap.wait_for(r"^PC \d+ OK", label="hv1", timeout=60, since=time.monotonic())
         assert guestcheck.analyze(tap.snapshot())["pagecheck_failures"] == []
-    finally:
-        tap.stop()
 
 
 def test_controller_killed_during_pre_copy(lab, vm):
     """qemu_migrate runs under async on the source host: without its controller it still finishes the move."""
     name = vm("light")
     lab.start(name, "hv1", prefill=False)
-    tap = lab.tap(name)
-    try:
-        settle(tap, "hv1")
+    with watched(lab, name, "hv1") as tap:
         controller = lab.play_in_background("migrate", livemig_vm=name, livemig_source="hv1", livemig_target="hv2",
                                             livemig_max_bandwidth=24 << 20)
-
-        def precopy_running():
-            info = lab.qmp("hv1", name, "query-migrate")
-            return info.get("status") == "active" and info.get("ram", {}).get("transferred", 0) > 0
-        wait_until(precopy_running, 180, "RAM pre-copy to start", interval=0.1)
+        wait_until(lambda: precopy_running(lab, name), 180, "RAM pre-copy to start", interval=0.1)
         os.killpg(controller.pid, signal.SIGKILL)
         controller.wait(10)
 
@@ -107,8 +84,6 @@ def test_controller_killed_during_pre_copy(lab, vm):
         assert lab.pid("hv1", name) is None and lab.record("hv2", name)["owner"] is True
         summary = guestcheck.analyze(tap.snapshot())
         assert summary["pagecheck_failures"] == [] and summary["hb_seq_errors"] == 0
-    finally:
-        tap.stop()
 
 
 def test_benchmark_smoke_run(tmp_path):

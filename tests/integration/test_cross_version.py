@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import finish_and_check_disk, guestcheck, migrate_and_check, settle
+from conftest import finish_and_check_disk, last_ring, move_and_verify, watched
 
 QEMU_72 = "/opt/livemig/qemu-7.2/bin/qemu-system-x86_64"
 
@@ -24,42 +24,24 @@ def older_hv2(host_vars):
 
 def test_live_from_10_0_to_7_2(lab, vm, older_hv2):
     name = vm("light", machine="pc-q35-7.2")
-    digest = lab.start(name, "hv1")
-    tap = lab.tap(name)
-    try:
-        settle(tap, "hv1")
-        report = migrate_and_check(lab, tap, name, "hv1", "hv2")
-        last_ring = guestcheck.analyze(tap.snapshot())["last_ring_seq"]
-    finally:
-        tap.stop()
+    report = move_and_verify(lab, name, lab.start(name, "hv1"), "hv1", "hv2")
     assert "-> hv2 (7.2." in report["plan"][0] and lab.record("hv2", name)["machine"] == "pc-q35-7.2"
-    finish_and_check_disk(lab, name, "hv2", digest, last_ring)
 
 
 def test_live_from_7_2_to_10_0(lab, vm, older_hv2):
     name = vm("idle", machine="pc-q35-7.2")
-    digest = lab.start(name, "hv2")
-    tap = lab.tap(name)
-    try:
-        settle(tap, "hv2")
-        report = migrate_and_check(lab, tap, name, "hv2", "hv1")
-        last_ring = guestcheck.analyze(tap.snapshot())["last_ring_seq"]
-    finally:
-        tap.stop()
+    report = move_and_verify(lab, name, lab.start(name, "hv2"), "hv2", "hv1")
     assert report["plan"][0].startswith(f"{name}: hv2 (7.2.")
-    finish_and_check_disk(lab, name, "hv1", digest, last_ring)
 
 
 def test_10_0_only_machine_type_refused_then_moved_cold(lab, vm, older_hv2):
     name = vm("light")  # machine q35: pc-q35-10.0 on hv1, which QEMU 7.2 does not know
     digest = lab.start(name, "hv1")
-    tap = lab.tap(name)
 
     def files_but_the_running_disk() -> dict:
         return {path: mtime for path, mtime in lab.files(name).items() if path != lab.disk_path(name, "hv1")}
 
-    try:
-        settle(tap, "hv1")
+    with watched(lab, name, "hv1") as tap:
         before = files_but_the_running_disk()
         for playbook in ("preflight", "migrate"):
             result = lab.play(playbook, livemig_vm=name, livemig_source="hv1", livemig_target="hv2")
@@ -71,14 +53,12 @@ def test_10_0_only_machine_type_refused_then_moved_cold(lab, vm, older_hv2):
             assert files_but_the_running_disk() == before and lab.pid("hv2", name) is None
             assert lab.qmp("hv1", name, "query-status")["status"] == "running"
 
-        last_ring = guestcheck.analyze(tap.snapshot())["last_ring_seq"]
+        ring = last_ring(tap)
         after = time.monotonic()
         result = lab.migrate(name, "hv1", "hv2", livemig_allow_cold=True, livemig_powerdown_timeout=0)
         assert not result.failed, result.output
         tap.wait_for(r"^LMREADY", label="hv2", timeout=60, since=after)
         tap.wait_for(r"^PC \d+ OK", label="hv2", timeout=60, since=after)
-    finally:
-        tap.stop()
     assert lab.report(name)["method"] == "cold"
     assert lab.record("hv2", name)["machine"] == "pc-q35-7.2"
-    finish_and_check_disk(lab, name, "hv2", digest, last_ring)
+    finish_and_check_disk(lab, name, "hv2", digest, ring)

@@ -6,7 +6,7 @@ import signal
 import threading
 import time
 
-from conftest import guestcheck, lab_path, link, wait_until
+from conftest import guestcheck, lab_path, link, precopy_running, wait_until, watched
 
 
 def assert_rolled_back(lab, tap, name: str, result, phase: str, since: float) -> None:
@@ -41,9 +41,7 @@ def test_target_killed_during_disk_mirror(lab, vm):
     name = vm("light")
     image = lab_path("hv1", "images", f"{name}-root.qcow2")
     lab.start(name, "hv1", prefill=False)
-    tap = lab.tap(name)
-    try:
-        tap.wait_for(r"^PC \d+ OK", label="hv1", timeout=60)
+    with watched(lab, name, "hv1") as tap:
         since = time.monotonic()
 
         def kill_target_once_mirroring():
@@ -57,48 +55,39 @@ def test_target_killed_during_disk_mirror(lab, vm):
         killer.join(5)
         assert_rolled_back(lab, tap, name, result, "disk mirror", since)
         assert "the mirror of disk-root failed" in result.output, result.output
-    finally:
-        tap.stop()
 
 
 def test_link_cut_during_ram_precopy(lab, vm):
     name = vm("light")
     lab.start(name, "hv1", prefill=False)
-    tap = lab.tap(name)
     restored = threading.Event()
     try:
-        tap.wait_for(r"^PC \d+ OK", label="hv1", timeout=60)
-        since = time.monotonic()
+        with watched(lab, name, "hv1") as tap:
+            since = time.monotonic()
 
-        def cut_link_during_precopy():
-            def precopy_running():
-                info = lab.qmp("hv1", name, "query-migrate")
-                return info.get("status") == "active" and info.get("ram", {}).get("transferred", 0) > 0
-            wait_until(precopy_running, 180, "RAM pre-copy to start", interval=0.2)
-            link("hv2", "down")
-            time.sleep(12)  # a flap: long enough to be taken for a dead link, then it comes back
-            link("hv2", "up")
-            restored.set()
+            def cut_link_during_precopy():
+                wait_until(lambda: precopy_running(lab, name), 180, "RAM pre-copy to start", interval=0.2)
+                link("hv2", "down")
+                time.sleep(12)  # a flap: long enough to be taken for a dead link, then it comes back
+                link("hv2", "up")
+                restored.set()
 
-        cutter = run_in_background(cut_link_during_precopy)
-        # 8 MiB/s against 16 MiB/s of dirtying: pre-copy runs until the link goes away.
-        result = lab.migrate(name, "hv1", "hv2", livemig_max_bandwidth=8 * 1024 * 1024, livemig_stall_timeout=4)
-        cutter.join(30)
-        assert restored.is_set()
-        assert_rolled_back(lab, tap, name, result, "RAM pre-copy and switchover", since)
-        assert "no data moved" in result.output, result.output
+            cutter = run_in_background(cut_link_during_precopy)
+            # 8 MiB/s against 16 MiB/s of dirtying: pre-copy runs until the link goes away.
+            result = lab.migrate(name, "hv1", "hv2", livemig_max_bandwidth=8 * 1024 * 1024, livemig_stall_timeout=4)
+            cutter.join(30)
+            assert restored.is_set()
+            assert_rolled_back(lab, tap, name, result, "RAM pre-copy and switchover", since)
+            assert "no data moved" in result.output, result.output
     finally:
         link("hv2", "up")
-        tap.stop()
 
 
 def test_stateful_copy_fails_after_the_save(lab, vm):
     """The VM is stopped and its state saved when the disk copy breaks: the source resumes it, nothing is lost."""
     name = vm("light")
     lab.start(name, "hv1", prefill=False)
-    tap = lab.tap(name)
-    try:
-        tap.wait_for(r"^PC \d+ OK", label="hv1", timeout=60)
+    with watched(lab, name, "hv1") as tap:
 
         def kill_disk_receiver_once_saved():
             wait_until(lambda: lab.qmp("hv1", name, "query-status")["status"] == "postmigrate", 120, "the state save")
@@ -118,5 +107,3 @@ def test_stateful_copy_fails_after_the_save(lab, vm):
         tap.wait_for(r"^PC \d+ OK", label="hv1", timeout=60, since=after)
         summary = guestcheck.analyze(tap.snapshot())
         assert summary["pagecheck_failures"] == [] and summary["hb_seq_errors"] == 0
-    finally:
-        tap.stop()

@@ -5,15 +5,13 @@ import os
 import signal
 import time
 
-from conftest import finish_and_check_disk, guestcheck, migrate_and_check, settle, wait_until
+from conftest import finish_and_check_disk, guestcheck, last_ring, migrate_and_check, move_and_verify, wait_until, watched
 
 
 def test_light_there_and_back_and_idempotent(lab, vm):
     name = vm("light")
     digest = lab.start(name, "hv1")
-    tap = lab.tap(name)
-    try:
-        settle(tap, "hv1")
+    with watched(lab, name, "hv1") as tap:
         report = migrate_and_check(lab, tap, name, "hv1", "hv2")
         # Only allocated data crossed: the prefilled 8 MiB and the guest's ring, not the empty 1 GiB.
         allocated = report["disk_allocated"]["root"]
@@ -24,24 +22,14 @@ def test_light_there_and_back_and_idempotent(lab, vm):
         assert again.changed == 0, again.output
 
         migrate_and_check(lab, tap, name, "hv2", "hv1")
-        last_ring = guestcheck.analyze(tap.snapshot())["last_ring_seq"]
-        assert last_ring > 0
-    finally:
-        tap.stop()
-    finish_and_check_disk(lab, name, "hv1", digest, last_ring)
+        ring = last_ring(tap)
+        assert ring > 0
+    finish_and_check_disk(lab, name, "hv1", digest, ring)
 
 
 def test_heavy_to_hv2(lab, vm):
     name = vm("heavy")
-    digest = lab.start(name, "hv1")
-    tap = lab.tap(name)
-    try:
-        settle(tap, "hv1")
-        migrate_and_check(lab, tap, name, "hv1", "hv2")
-        last_ring = guestcheck.analyze(tap.snapshot())["last_ring_seq"]
-    finally:
-        tap.stop()
-    finish_and_check_disk(lab, name, "hv2", digest, last_ring)
+    move_and_verify(lab, name, lab.start(name, "hv1"), "hv1", "hv2")
 
 
 def test_rerun_finishes_a_handover_the_controller_left_half_done(lab, vm):
@@ -49,9 +37,7 @@ def test_rerun_finishes_a_handover_the_controller_left_half_done(lab, vm):
     Running the same play again finishes the hand-over instead of failing or touching the guest."""
     name = vm("light")
     lab.start(name, "hv1", prefill=False)
-    tap = lab.tap(name)
-    try:
-        settle(tap, "hv1")
+    with watched(lab, name, "hv1") as tap:
         controller = lab.play_in_background("migrate", livemig_vm=name, livemig_source="hv1", livemig_target="hv2")
         wait_until(lambda: (lab.record("hv1", name) or {}).get("handed_over_to") == "hv2", 300, "the switchover")
         os.killpg(controller.pid, signal.SIGKILL)
@@ -72,5 +58,3 @@ def test_rerun_finishes_a_handover_the_controller_left_half_done(lab, vm):
 
         again = lab.migrate(name, "hv1", "hv2")
         assert not again.failed and again.changed == 0, again.output
-    finally:
-        tap.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 
-from conftest import LAB_DIR, finish_and_check_disk, guestcheck, migrate_and_check, settle
+from conftest import LAB_DIR, finish_and_check_disk, last_ring, migrate_and_check, move_and_verify, watched
 
 
 def test_preflight_prints_the_plan_and_changes_nothing(lab, vm):
@@ -30,9 +30,7 @@ def test_preflight_prints_the_plan_and_changes_nothing(lab, vm):
 def test_stateful_move_continues_the_guest(lab, vm):
     name = vm("light")
     digest = lab.start(name, "hv1")
-    tap = lab.tap(name)
-    try:
-        settle(tap, "hv1")
+    with watched(lab, name, "hv1") as tap:
         report = migrate_and_check(lab, tap, name, "hv1", "hv2", method="stateful", livemig_method="stateful")
         assert report["frozen_ms"] > 0 and report["state_bytes"] > 0
         # Only allocated data crossed: the prefilled 8 MiB and the ring, not the empty 1 GiB.
@@ -41,59 +39,41 @@ def test_stateful_move_continues_the_guest(lab, vm):
         assert leftovers == [], "the state files must be gone on both hosts"
         # Back to hv1, which kept its now stale copy of the disk (livemig_keep_source_disks): it is replaced.
         migrate_and_check(lab, tap, name, "hv2", "hv1", method="stateful", livemig_method="stateful")
-        last_ring = guestcheck.analyze(tap.snapshot())["last_ring_seq"]
-    finally:
-        tap.stop()
-    finish_and_check_disk(lab, name, "hv1", digest, last_ring)
+        ring = last_ring(tap)
+    finish_and_check_disk(lab, name, "hv1", digest, ring)
 
 
 def test_host_policy_makes_auto_fall_back_to_stateful(lab, vm, host_vars):
     name = vm("idle")
     lab.start(name, "hv1", prefill=False)
     host_vars("hv2", livemig_host_policy={"methods": ["stateful", "cold"]})
-    tap = lab.tap(name)
-    try:
-        settle(tap, "hv1")
+    with watched(lab, name, "hv1") as tap:
         migrate_and_check(lab, tap, name, "hv1", "hv2", method="stateful")
-    finally:
-        tap.stop()
     assert "live-mirror: rejected: live migration disabled by host policy on hv2" in "\n".join(lab.report(name)["plan"])
 
 
 def test_cold_move_restarts_the_guest_with_its_disk(lab, vm):
     name = vm("light")
     digest = lab.start(name, "hv1")
-    tap = lab.tap(name)
-    try:
-        settle(tap, "hv1")
-        last_ring = guestcheck.analyze(tap.snapshot())["last_ring_seq"]
+    with watched(lab, name, "hv1") as tap:
+        ring = last_ring(tap)
         after = time.monotonic()
         result = lab.migrate(name, "hv1", "hv2", livemig_method="cold", livemig_powerdown_timeout=0)
         assert not result.failed, result.output
         tap.wait_for(r"^LMREADY", label="hv2", timeout=60, since=after)
-    finally:
-        tap.stop()
     report = lab.report(name)
     assert report["method"] == "cold" and report["frozen_ms"] > 0
     assert lab.pid("hv1", name) is None and lab.record("hv1", name) is None
     assert lab.record("hv2", name)["owner"] is True
-    finish_and_check_disk(lab, name, "hv2", digest, last_ring)
+    finish_and_check_disk(lab, name, "hv2", digest, ring)
 
 
 def test_shared_storage_moves_live_without_copying(lab, vm):
     name = vm("light", shared=True)
-    digest = lab.start(name, "hv1")
-    tap = lab.tap(name)
-    try:
-        settle(tap, "hv1")
-        report = migrate_and_check(lab, tap, name, "hv1", "hv2", method="live-shared")
-        last_ring = guestcheck.analyze(tap.snapshot())["last_ring_seq"]
-    finally:
-        tap.stop()
+    report = move_and_verify(lab, name, lab.start(name, "hv1"), "hv1", "hv2", method="live-shared")
     assert "  disk root: shared (disk root is shared, no copy needed)" in report["plan"]
     assert report["mirrors"] == [] and not report["statistics"].get("mirror_processed_bytes"), "nothing is mirrored"
     assert os.path.exists(lab.disk_path(name, "hv2")), "the shared image stays"
-    finish_and_check_disk(lab, name, "hv2", digest, last_ring)
 
 
 def test_disk_declared_shared_but_not_shared_is_refused(lab, vm, host_vars):

@@ -105,3 +105,20 @@ def qemu_72():
     if not os.access(QEMU_72, os.X_OK):
         pytest.fail(f"QEMU 7.2 is missing at {QEMU_72}: run scripts/setup.sh")
     return QEMU_72
+
+
+def guest_value(session, address: int, unit: str = "b") -> int:
+    """A byte (unit b) or 32-bit word (unit w) of guest memory, read with the human monitor's xp."""
+    reply = session.execute("human-monitor-command", {"command-line": f"xp /1{unit}x {address:#x}"})
+    return int(reply.split(":")[1], 16)
+
+
+def guest_keeps_changing(session, address: int, unit: str = "b", timeout: float = 10.0) -> bool:
+    """Whether the guest changes the value at `address` within `timeout` seconds: it runs its loop there."""
+    deadline = time.monotonic() + timeout
+    first = guest_value(session, address, unit)
+    while guest_value(session, address, unit) == first:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

@@ -41,7 +41,7 @@ def module_defaults(module: str) -> dict[str, object]:
 
 
 def fragment_options(fragment: str) -> dict:
-    name, _, variant = fragment.removeprefix("livemig.qemu.").partition(".")
+    name, variant = (fragment.removeprefix("livemig.qemu.").split(".", 1) + [""])[:2]
     path = os.path.join(REPO, "plugins", "doc_fragments", f"{name}.py")
     tree = ast.parse(open(path, encoding="utf-8").read())
     wanted = variant.upper() or "DOCUMENTATION"
@@ -66,8 +66,8 @@ def tasks_in(node) -> list[dict]:
 
 def feeds() -> list[tuple[str, str, str, str, str | None]]:
     """(file, variable, module, option, the default written in the file or None) for every option fed by a var."""
-    files = glob.glob(os.path.join(REPO, "playbooks", "*.yml")) + glob.glob(os.path.join(REPO, "roles", "*", "tasks",
-                                                                                          "*.yml"))
+    files = glob.glob(os.path.join(REPO, "playbooks", "*.yml"))
+    files += glob.glob(os.path.join(REPO, "roles", "*", "tasks", "*.yml"))
     found = []
     for path in sorted(files):
         for task in tasks_in(load_yaml(path) or []):
@@ -93,14 +93,14 @@ FEEDS = feeds()
 
 def test_the_scan_finds_what_the_role_feeds():
     """A scan that found nothing would pass the test below trivially."""
-    pairs = {(variable, module, option) for _, variable, module, option, _ in FEEDS}
+    pairs = {(feed[1], feed[2], feed[3]) for feed in FEEDS}
     assert ("livemig_powerdown_timeout", "qemu_vm", "powerdown_timeout") in pairs
     assert ("livemig_migration_timeout", "qemu_migrate", "timeout") in pairs
-    assert any(written is not None for *_, written in FEEDS), "no playbook default(...) found"
+    assert any(feed[4] is not None for feed in FEEDS), "no playbook default(...) found"
 
 
 @pytest.mark.parametrize("where,variable,module,option,written", FEEDS,
-                         ids=[f"{f}:{v}->{m}.{o}" for f, v, m, o, _ in FEEDS])
+                         ids=[f"{feed[0]}:{feed[1]}->{feed[2]}.{feed[3]}" for feed in FEEDS])
 def test_one_default_per_setting(where, variable, module, option, written):
     defaults = role_defaults()
     module_default = module_defaults(module).get(option)

@@ -5,7 +5,8 @@ import copy
 
 import pytest
 
-from ansible_collections.livemig.qemu.plugins.module_utils._negotiate import PlanError, make_plan
+from ansible_collections.livemig.qemu.plugins.module_utils._negotiate import (
+    PlanError, make_plan, needs_kvm_check, no_method_reason)
 
 CAPS_10 = ["auto-converge", "events", "multifd", "pause-before-switchover", "postcopy-ram", "return-path", "xbzrle"]
 CAPS_OLD = ["events", "xbzrle"]  # an imaginary very old QEMU: no pause-before-switchover, no postcopy
@@ -35,16 +36,23 @@ QEMU_72 = [("pc-q35-7.2", "q35"), ("pc-i440fx-7.2", "pc")]
 
 
 def request(source_facts=None, target_facts=None, machine="pc-q35-10.0", accel="tcg", disks=None, storage=None,
-            wishes=None, source_policy=None, target_policy=None, spec=None, address="198.18.0.102"):
+            wishes=None, source_policy=None, target_policy=None, spec=None, address="198.18.0.102",
+            on_target=None, source_storage=None, locations=None):
     source_facts = copy.deepcopy(source_facts or facts("10.0.2", QEMU_10))
-    source_facts["vms"] = {"web1": {"machine": machine, "accel": accel, "status": "running"}}
+    source_facts["vms"] = {"web1": {"machine": machine, "accel": accel, "status": "running", "owner": True,
+                                    "running": True}}
+    target_facts = copy.deepcopy(target_facts or facts("10.0.2", QEMU_10))
+    if on_target is not None:
+        target_facts["vms"] = {"web1": on_target}
     spec = {"memory_mb": 512, "vcpus": 1, "machine": "q35", "cpu_model": "qemu64", "accel": "auto",
             "disks": [{"name": "root", "size_mb": 1024}] if disks is None else disks, **(spec or {})}
+    where = locations or {}
     return {"vm": "web1", "spec": spec,
-            "source": {"name": "hv1", "facts": source_facts, "policy": source_policy, "address": "198.18.0.101"},
-            "target": {"name": "hv2", "facts": target_facts or facts("10.0.2", QEMU_10), "policy": target_policy,
-                       "address": address},
-            "storage": storage or {}, "wishes": wishes or {}}
+            "source": {"name": "hv1", "facts": source_facts, "policy": source_policy, "address": "198.18.0.101",
+                       "locations": where.get("hv1")},
+            "target": {"name": "hv2", "facts": target_facts, "policy": target_policy,
+                       "address": address, "locations": where.get("hv2")},
+            "storage": storage or {}, "source_storage": source_storage or {}, "wishes": wishes or {}}
 
 
 def reasons(plan, method):
@@ -211,6 +219,8 @@ def test_summary_of_an_impossible_plan_lists_every_reason():
     ({"multifd_channels": -1}, None, "livemig_multifd_channels must be a whole number"),
     ({"xbzrle_cache_mb": True}, None, "livemig_xbzrle_cache_mb must be a whole number"),
     ({"multifd_compression": 3}, None, "livemig_multifd_compression must be a name"),
+    ({"convergence": "hope"}, None, "livemig_convergence must be one of defaults, auto, postcopy-early"),
+    ({"allow_postcopy": "no"}, None, "livemig_allow_postcopy must be true or false"),
     ({}, {"methods": ["teleport"]}, "livemig_host_policy.methods of hv2"),
     ({}, {"deny": ["postcopy-ram"]}, "livemig_host_policy of hv2 must be a dict"),
     ({}, "no", "livemig_host_policy of hv2 must be a dict"),
@@ -257,3 +267,164 @@ def test_qemu_refuses_multifd_with_postcopy_or_xbzrle_so_the_first_asked_wins():
 def test_stateful_and_cold_use_no_migration_parameters():
     plan = make_plan(request(wishes={"method": "stateful", "multifd_channels": 4}))
     assert plan["parameters"] == {"source": {}, "target": {}}
+
+
+# Each row: id, wishes, the capabilities the source gets, the target's. The convergence policy adds what it needs,
+# after livemig_capabilities and before multifd/XBZRLE, so that the first asked for still wins a clash.
+CONVERGENCE_CASES = [
+    ("defaults adds nothing", {"convergence": "defaults"}, ["events", "pause-before-switchover"], ["events"]),
+    ("auto adds auto-converge, the source's only", {"convergence": "auto"},
+     ["auto-converge", "events", "pause-before-switchover"], ["events"]),
+    ("auto with post-copy allowed", {"convergence": "auto", "allow_postcopy": True},
+     ["auto-converge", "events", "pause-before-switchover", "postcopy-ram"], ["events", "postcopy-ram"]),
+    ("postcopy-early asks for post-copy by itself", {"convergence": "postcopy-early"},
+     ["events", "pause-before-switchover", "postcopy-ram"], ["events", "postcopy-ram"]),
+    ("allowed post-copy under defaults", {"convergence": "defaults", "allow_postcopy": True},
+     ["events", "pause-before-switchover", "postcopy-ram"], ["events", "postcopy-ram"]),
+    ("multifd asked for first beats the policy's post-copy",
+     {"capabilities": ["multifd"], "convergence": "postcopy-early"},
+     ["events", "multifd", "pause-before-switchover"], ["events", "multifd"]),
+    ("the policy's post-copy beats multifd from multifd_channels",
+     {"convergence": "postcopy-early", "multifd_channels": 2},
+     ["events", "pause-before-switchover", "postcopy-ram"], ["events", "postcopy-ram"]),
+]
+
+
+@pytest.mark.parametrize("wishes,source_caps,target_caps", [case[1:] for case in CONVERGENCE_CASES],
+                         ids=[case[0] for case in CONVERGENCE_CASES])
+def test_convergence_wishes_ask_for_their_capabilities(wishes, source_caps, target_caps):
+    caps = make_plan(request(wishes=wishes))["capabilities"]
+    assert (caps["source"], caps["target"]) == (source_caps, target_caps)
+
+
+def test_convergence_needs_are_left_out_like_any_other_capability():
+    plan = make_plan(request(wishes={"convergence": "auto", "allow_postcopy": True},
+                             target_policy={"deny_capabilities": ["postcopy-ram"]}))
+    assert plan["capabilities"]["source"] == ["auto-converge", "events", "pause-before-switchover"]
+    assert plan["capabilities"]["unusable"]["postcopy-ram"] == "postcopy-ram disabled by host policy on hv2"
+
+
+LOCATIONS = {"hv1": {"run_dir": "/run/a", "image_dir": "/img/a", "state_dir": "/state/a", "shared_dir": "",
+                     "qemu_binary": "qemu-system-x86_64"},
+             "hv2": {"run_dir": "/run/b", "image_dir": "/img/b", "state_dir": "", "shared_dir": "/net/b",
+                     "qemu_binary": "/opt/qemu/bin/qemu-system-x86_64"}}
+TWO_DISKS = [{"name": "root", "size_mb": 1024}, {"name": "data", "size_mb": 64, "format": "raw"},
+             {"name": "iso", "size_mb": 8, "shared": True}]
+MARKED = {"root": {"path": "/img/a/web1-root.qcow2", "exists": True, "virtual_size": 1 << 30},
+          "data": {"path": "/img/a/web1-data.raw", "exists": True, "virtual_size": 64 << 20},
+          "iso": {"path": "/net/a/web1-iso.qcow2", "exists": True, "virtual_size": 8 << 20}}
+CHECKED = {"root": {"path": "/img/b/web1-root.qcow2", "exists": False, "same_file": False},
+           "data": {"path": "/img/b/web1-data.raw", "exists": False, "same_file": False},
+           "iso": {"path": "/net/b/web1-iso.qcow2", "exists": True, "same_file": True}}
+COPIES = [{"label": "root", "source": "/img/a/web1-root.qcow2", "target": "/img/b/web1-root.qcow2",
+           "format": "qcow2", "size": 1 << 30},
+          {"label": "data", "source": "/img/a/web1-data.raw", "target": "/img/b/web1-data.raw", "format": "raw",
+           "size": 64 << 20}]
+
+
+def copy_request(**wishes):
+    return request(disks=TWO_DISKS, storage=CHECKED, source_storage=MARKED, locations=LOCATIONS, wishes=wishes)
+
+
+# Each row: id, method asked for, expected family, copies, receivers.
+COPY_CASES = [
+    ("live mirrors, copies nothing", "auto", "live", [], []),
+    ("stateful copies each local disk and receives the state file", "stateful", "stateful", COPIES,
+     [{"label": "root", "path": "/img/b/web1-root.qcow2"}, {"label": "data", "path": "/img/b/web1-data.raw"},
+      {"label": "state", "path": "/img/b/web1.state"}]),
+    ("cold copies each local disk", "cold", "cold", COPIES,
+     [{"label": "root", "path": "/img/b/web1-root.qcow2"}, {"label": "data", "path": "/img/b/web1-data.raw"}]),
+]
+
+
+@pytest.mark.parametrize("method,step,copies,receivers", [case[1:] for case in COPY_CASES],
+                         ids=[case[0] for case in COPY_CASES])
+def test_copies_and_receivers_per_method(method, step, copies, receivers):
+    plan = make_plan(copy_request(method=method))
+    assert plan["family"] == step
+    assert plan["local_disks"] == ["root", "data"], "the shared disk is neither mirrored nor copied"
+    assert plan["copies"] == copies
+    assert plan["receivers"] == receivers
+
+
+def test_state_files_and_target_address_come_from_each_host():
+    plan = make_plan(copy_request(method="stateful"))
+    assert plan["state_files"] == {"source": "/state/a/web1.state", "target": "/img/b/web1.state"}
+    assert plan["target_address"] == "198.18.0.102"
+    assert make_plan(request())["state_files"] == {"source": None, "target": None}, "no locations, no paths"
+
+
+def test_a_disk_missing_from_the_source_marks_has_no_size():
+    plan = make_plan(request(wishes={"method": "cold"}, storage=CHECKED))
+    assert plan["copies"] == [{"label": "root", "source": None, "target": "/img/b/web1-root.qcow2", "format": "qcow2",
+                               "size": None}]
+
+
+def test_every_method_names_its_machine_and_accel():
+    plan = make_plan(request(target_facts=facts("7.2.0", QEMU_72, kvm=True), machine="pc-q35-7.2",
+                             wishes={"allow_cold": True}))
+    assert {method: (verdict["machine"], verdict["accel"]) for method, verdict in plan["methods"].items()} == {
+        "live-shared": ("pc-q35-7.2", "tcg"), "live-mirror": ("pc-q35-7.2", "tcg"),
+        "stateful": ("pc-q35-7.2", "tcg"), "cold": ("pc-q35-7.2", "kvm")}
+    assert (plan["method"], plan["machine"], plan["accel"]) == ("live-mirror", "pc-q35-7.2", "tcg")
+    cold = make_plan(request(target_facts=facts("7.2.0", QEMU_72, kvm=True), wishes={"method": "cold"}))
+    assert (cold["family"], cold["machine"], cold["accel"]) == ("cold", "pc-q35-7.2", "kvm")
+
+
+# Each row: id, what the target's facts say of the VM (None: nothing), expected kind, a fragment of the message.
+SITUATION_CASES = [
+    ("a VM to move", None, "start", ""),
+    ("the target runs a copy of its own", {"owner": False, "status": "running", "running": True}, "refuse",
+     "Cannot migrate web1 from hv1 to hv2: the target already runs that VM (running)"),
+    ("the target waits for a migration", {"owner": False, "status": "inmigrate", "running": True}, "refuse",
+     "the target already runs that VM (inmigrate)"),
+]
+
+
+@pytest.mark.parametrize("on_target,kind,message", [case[1:] for case in SITUATION_CASES],
+                         ids=[case[0] for case in SITUATION_CASES])
+def test_situation_in_the_plan(on_target, kind, message):
+    situation = make_plan(request(on_target=on_target))["situation"]
+    assert situation["kind"] == kind
+    assert message in situation["message"]
+    assert situation["show_plan"] is (kind == "start")
+
+
+def test_no_method_refuses_with_every_reason_in_one_line():
+    plan = make_plan(request(target_facts=facts("7.2.0", QEMU_72)))
+    reason = ("live-shared: QEMU 7.2.0 on hv2 has no machine type pc-q35-10.0; disk root is local. "
+              "live-mirror: QEMU 7.2.0 on hv2 has no machine type pc-q35-10.0. "
+              "stateful: QEMU 7.2.0 on hv2 has no machine type pc-q35-10.0. "
+              "cold: not tried: a cold move (guest restarted) needs livemig_allow_cold=true. ")
+    assert no_method_reason(plan) == reason
+    assert plan["situation"] == {"kind": "refuse", "reason": reason, "show_plan": True,
+                                 "message": "Cannot migrate web1 from hv1 to hv2: " + reason}
+
+
+def test_a_refusal_by_state_wins_over_no_method():
+    plan = make_plan(request(target_facts=facts("7.2.0", QEMU_72),
+                             on_target={"owner": False, "status": "running", "running": True}))
+    assert plan["situation"]["reason"] == "the target already runs that VM (running)"
+    assert plan["situation"]["show_plan"] is False
+
+
+# Each row: id, the VM's accel on the source, spec accel (None: left out), method, allow_cold, expected.
+KVM_CHECK_CASES = [
+    ("TCG guest, live only", "tcg", None, "auto", False, False),
+    ("KVM guest", "kvm", None, "auto", False, True),
+    ("cold allowed, spec auto", "tcg", None, "auto", True, True),
+    ("cold asked for, spec kvm", "tcg", "kvm", "cold", False, True),
+    ("cold allowed, spec tcg", "tcg", "tcg", "auto", True, False),
+    ("stateful asked for, spec auto", "tcg", "auto", "stateful", False, False),
+]
+
+
+@pytest.mark.parametrize("running,spec_accel,method,allow_cold,expected", [case[1:] for case in KVM_CHECK_CASES],
+                         ids=[case[0] for case in KVM_CHECK_CASES])
+def test_when_the_target_must_test_kvm(running, spec_accel, method, allow_cold, expected):
+    spec = {} if spec_accel is None else {"accel": spec_accel}
+    assert needs_kvm_check("web1", {"vms": {"web1": {"accel": running}}}, spec, method, allow_cold) is expected
+
+
+def test_no_kvm_check_for_a_vm_the_source_does_not_know():
+    assert needs_kvm_check("web1", {}, {"accel": "tcg"}, "auto", True) is False

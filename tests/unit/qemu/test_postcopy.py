@@ -11,10 +11,12 @@ import conftest
 import pytest
 
 from ansible_collections.livemig.qemu.plugins.module_utils._migration import (
-    MigrationFailed, MigrationSettings, SourceMigration, cancel_migration, resume_if_paused)
+    MigrationFailed, MigrationSettings, SourceMigration)
+from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import cancel as cancel_migration
+from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import resume_if_paused
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from test_migration import (  # pylint: disable=unused-import  # `pair` is a fixture
-    AFTER_READY, CAP, FAST_POLICY, NODE, guest_byte, pair, query_status, quit_qemu, random_area_arrived, wait_status)
+    AFTER_READY, CAP, DIRTY_START, FAST_POLICY, NODE, pair, query_status, quit_qemu, random_area_arrived, wait_status)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -39,13 +41,7 @@ def policy_steps(actions):
 
 
 def runs_on_target(vms):
-    first = guest_byte(vms.tgt)
-    deadline = time.monotonic() + 5
-    while guest_byte(vms.tgt) == first:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+    return conftest.guest_keeps_changing(vms.tgt, DIRTY_START, timeout=5)
 
 
 def when_status(monitor, wanted, action):

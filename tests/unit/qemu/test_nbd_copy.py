@@ -217,3 +217,17 @@ def test_finished_kills_a_server_nobody_used_and_fails(copier, tmp_path):
 def test_a_bad_label_is_refused(copier, tmp_path):
     result = copier.listen("Root-1", str(tmp_path / "x.qcow2"), size=MB)
     assert result["failed"] is True and "invalid label" in result["msg"]
+
+
+def test_a_server_started_through_the_host_dict_is_found_through_the_options(copier, tmp_path):
+    dirs = {"run_dir": copier.dirs["run_dir"], "image_dir": copier.dirs["image_dir"]}
+    dst = str(tmp_path / "images" / "vm1-root.qcow2")
+    listening = copier.run(receiving=False, state="listening", name=VM, host=dirs, label="root", path=dst,
+                           size=8 * MB, address="127.0.0.1")
+    assert listening["changed"] is True
+    assert copier.record().volatile["copy:root"]["pid"] == listening["pid"]
+    pidfile = tmp_path / "run" / f"{VM}.copy-root.pid"
+    assert int(pidfile.read_text()) == listening["pid"]
+
+    assert copier.run(state="absent", label="root", path=dst)["changed"] is True
+    assert not process_alive(listening["pid"]) and not pidfile.exists() and not os.path.exists(dst)

@@ -4,10 +4,11 @@ from __future__ import annotations
 import glob
 import os
 
+import conftest
 import pytest
 import yaml
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = conftest.REPO
 ROLES = sorted(os.path.basename(os.path.dirname(path)) for path in glob.glob(os.path.join(REPO, "roles", "*", "meta")))
 
 

@@ -10,7 +10,7 @@ import pytest
 from ansible_collections.livemig.qemu.plugins.module_utils._convergence import (
     MIB, Abort, ConvergencePolicy, ConvergenceSettings, SetParameters, StartPostcopy, completion_timeout,
     make_policy)
-from ansible_collections.livemig.qemu.plugins.module_utils._migration import sample
+from ansible_collections.livemig.qemu.plugins.module_utils._progress import sample
 
 HISTORIES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "histories")
 RECORDED = ("converging", "stalled", "oscillating", "stalled-auto-converge", "auto-converge-live")

@@ -9,7 +9,8 @@ import pytest
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.livemig.qemu.plugins.modules import qemu_migrate_progress
-from ansible_collections.livemig.qemu.plugins.modules.qemu_migrate_progress import WAITING, progress_line
+from ansible_collections.livemig.qemu.plugins.module_utils._progress import WAITING
+from ansible_collections.livemig.qemu.plugins.module_utils._progress import line as progress_line
 
 MIB = 1 << 20
 VM = "web1"

@@ -40,18 +40,9 @@ def guest_args(tmp_path, name, machine="pc", incoming=False, random_ram=False):
     return args + ["-incoming", "defer"] if incoming else args
 
 
-def counter(session):
-    reply = session.execute("human-monitor-command", {"command-line": f"xp /1wx {COUNTER:#x}"})
-    return int(reply.split(":")[1], 16)
-
-
 def wait_counting(session, timeout=10.0):
     """Wait until the guest runs its loop (past the firmware): the counter moves."""
-    deadline = time.monotonic() + timeout
-    first = counter(session)
-    while counter(session) == first:
-        assert time.monotonic() < deadline, "the guest never reached its loop"
-        time.sleep(0.02)
+    assert conftest.guest_keeps_changing(session, COUNTER, "w", timeout), "the guest never reached its loop"
 
 
 def ram(session, path):

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import conftest
 import pytest
 from ansible.module_utils.testing import patch_module_args
 
@@ -16,7 +17,7 @@ from ansible_collections.livemig.qemu.plugins.modules import qemu_migration_repo
 
 MIB = 1 << 20
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = conftest.REPO
 STARTED = 1767225600.0
 FINISHED = STARTED + 20.4
 

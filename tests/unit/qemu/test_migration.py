@@ -10,12 +10,15 @@ import threading
 import time
 from types import SimpleNamespace
 
+import conftest
 import pytest
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _mirror
 from ansible_collections.livemig.qemu.plugins.module_utils._migration import (
-    ACTIVE, SAMPLE_KEYS, UNLIMITED_BANDWIDTH, MigrationFailed, MigrationSettings, SourceMigration, sample,
-    shared_bandwidth)
+    MigrationFailed, MigrationSettings, SourceMigration, shared_bandwidth)
+from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import ACTIVE, UNLIMITED_BANDWIDTH
+from ansible_collections.livemig.qemu.plugins.module_utils._paths import mirror_job
+from ansible_collections.livemig.qemu.plugins.module_utils._progress import SAMPLE_KEYS, sample
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 
 MB = 1 << 20
@@ -54,18 +57,9 @@ def boot_disk_args(path, working_set):
     return ["-drive", f"file={path},format=raw,if=none,id=boot", "-device", "ide-hd,drive=boot,bootindex=0"]
 
 
-def guest_byte(session, address=DIRTY_START):
-    reply = session.execute("human-monitor-command", {"command-line": f"xp /1bx {address:#x}"})
-    return int(reply.split(":")[1], 16)
-
-
 def wait_dirtying(session, timeout=10.0):
     """Until the guest runs its loop (past the firmware): the first byte it increments changes."""
-    deadline = time.monotonic() + timeout
-    first = guest_byte(session)
-    while guest_byte(session) == first:
-        assert time.monotonic() < deadline, "the guest never reached its loop"
-        time.sleep(0.01)
+    assert conftest.guest_keeps_changing(session, DIRTY_START, timeout=timeout), "the guest never reached its loop"
 
 
 def random_area_arrived(vms):
@@ -432,7 +426,7 @@ def test_mirror_failure_during_pre_copy(pair):
 
     failure = fail_during_pre_copy(vms, break_the_mirror)
     assert failure.phase == "pre-copy"
-    assert f"disk mirror {_mirror.job_id(NODE)} stopped" in failure.cause
+    assert f"disk mirror {mirror_job(NODE)} stopped" in failure.cause
     assert failure.source_running is True
     assert "rollback problems" not in failure.cause
     assert query_status(vms.src) == "running"
@@ -561,7 +555,7 @@ def test_switchover_mirror_failure_rolls_back(pair, monkeypatch):
     assert seen["nodes"] == [NODE]
     assert seen["migration"] == "pre-switchover"
     assert seen["vm"] in ("paused", "finish-migrate")
-    assert seen["jobs"] == [_mirror.job_id(NODE)]
+    assert seen["jobs"] == [mirror_job(NODE)]
     assert 0 < seen["time_left"] <= 5
     failure = caught.value
     assert failure.phase == "switchover"

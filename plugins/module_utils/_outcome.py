@@ -1,0 +1,120 @@
+# Copyright: livemig.qemu contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The figures of a finished move (the role's `livemig_result`, which the report saves) and the line telling them.
+
+Private to the livemig.qemu collection. Pure functions over the results the live_migration role registered: each
+method's steps are named below (`STEPS`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+MIB = 1048576
+# The registered results each family of methods hands over, by the name the role gives them.
+STEPS = {
+    "live": ("migration", "resumed", "mirrors"),
+    "stateful": ("saved", "restored", "copies"),
+    "cold": ("stopped_at", "resumed_at", "shutdown", "copies"),
+}
+
+
+class OutcomeError(ValueError):
+    """The steps do not fit the method; the message names what is missing."""
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        try:
+            return int(float(value))
+        except (TypeError, ValueError):
+            return 0
+
+
+def _items(loop: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-item results of a registered loop."""
+    return loop.get("results") or []
+
+
+def _live(steps: dict[str, Any]) -> dict[str, Any]:
+    statistics = steps["migration"].get("statistics", {})
+    allocated = steps["resumed"].get("disk_allocated", {})
+    mirrors = _items(steps["mirrors"])
+    history = [sample for mirror in mirrors for sample in mirror.get("history") or []]
+    return {
+        "source_stop_time": statistics.get("source_stop_time"),
+        "target_resume_time": steps["resumed"].get("resume_time"),
+        "disk_bytes": sum(allocated.values()),
+        "disk_allocated": allocated,
+        "mirrors": [mirror.get("progress", {}) for mirror in mirrors],
+        "statistics": statistics,
+        "mirror_history": sorted(history, key=lambda sample: sample["t"]),
+    }
+
+
+def _stateful(steps: dict[str, Any]) -> dict[str, Any]:
+    saved, restored, copies = steps["saved"], steps["restored"], _items(steps["copies"])
+    return {
+        "source_stop_time": saved.get("stop_time"),
+        "target_resume_time": restored.get("resume_time"),
+        "state_bytes": saved.get("size"),
+        "disk_bytes": sum(copy["bytes_allocated"] for copy in copies),
+        "statistics": {"save": saved, "restore": restored, "copies": [copy["seconds"] for copy in copies]},
+    }
+
+
+def _cold(steps: dict[str, Any]) -> dict[str, Any]:
+    copies = _items(steps["copies"])
+    return {
+        "source_stop_time": steps["stopped_at"],
+        "target_resume_time": steps["resumed_at"],
+        "disk_bytes": sum(copy["bytes_allocated"] for copy in copies),
+        "statistics": {"stopped_by": steps["shutdown"].get("stopped_by"),
+                       "copies": [copy["seconds"] for copy in copies]},
+    }
+
+
+FIGURES = {"live": _live, "stateful": _stateful, "cold": _cold}
+
+
+def build_result(steps: dict[str, Any], plan: dict[str, Any], started: Any, finished: Any) -> dict[str, Any]:
+    """livemig_result: the method's figures, then who moved where, the plan, the times and the guest's freeze."""
+    family = plan.get("family")
+    if family not in FIGURES:
+        raise OutcomeError(f"no figures for method {plan.get('method')!r}")
+    missing = [name for name in STEPS[family] if name not in steps]
+    if missing:
+        raise OutcomeError(f"the {family} move's steps lack {', '.join(missing)}")
+    figures = FIGURES[family](steps)
+    stop, resume = figures["source_stop_time"], figures["target_resume_time"]
+    frozen = round((_float(resume) - _float(stop)) * 1000, 1) if stop and resume else None
+    return {**figures, "vm": plan["vm"], "source": plan["source"], "target": plan["target"],
+            "method": plan["method"], "plan": plan["summary"], "started": _float(started), "finished": finished,
+            "frozen_ms": frozen}
+
+
+def result_line(result: dict[str, Any]) -> str:
+    """What the move did, for a person: the guest's freeze, QEMU's downtime and RAM (live), the state file
+    (stateful), the disks written and the time in all."""
+    method, frozen = result["method"], result["frozen_ms"]
+    if method == "cold":
+        text = f"guest offline {frozen} ms and restarted"
+    else:
+        text = f"guest frozen {frozen} ms (source stop to target resume)"
+    if method.startswith("live"):
+        stats = result["statistics"]
+        text += (f", QEMU downtime {stats['downtime_ms']} ms, RAM {round(stats['ram_transferred'] / MIB, 1)} MiB in "
+                 f"{stats['passes']} passes")
+    if method == "stateful":
+        text += f", state file {round(_int(result['state_bytes']) / MIB, 1)} MiB"
+    return (f"{result['vm']} now runs on {result['target']} ({method}): {text},\n"
+            f"disks {round(_int(result['disk_bytes']) / MIB, 1)} MiB written, "
+            f"{round(_float(result['finished']) - _float(result['started']), 1)} s in all.")

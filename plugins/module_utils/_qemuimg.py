@@ -1,0 +1,69 @@
+# Copyright: livemig.qemu contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""qemu-img on this host: create an image, read its size, map its data.
+
+Private to the livemig.qemu collection. Every call has a deadline; failures raise ImageError naming the image.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from ansible_collections.livemig.qemu.plugins.module_utils import _files
+from ansible_collections.livemig.qemu.plugins.module_utils._command import (
+    TOOL_TIMEOUT, CommandTimeout, Completed, Program)
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
+
+
+class ImageError(LivemigError):
+    """qemu-img could not create or read an image."""
+
+
+def stderr_tail(result: Completed, lines: int = 10) -> str:
+    return "\n".join(result.stderr.strip().splitlines()[-lines:]) or f"exit status {result.rc}"
+
+
+def run(qemu_img: Program, *args: str, timeout: float = TOOL_TIMEOUT) -> Completed:
+    try:
+        return qemu_img.run(*args, timeout=timeout)
+    except CommandTimeout:
+        raise ImageError(f"{qemu_img.name} {args[0]} did not finish within {timeout:.0f}s") from None
+
+
+def create(qemu_img: Program, path: str, fmt: str, size: int) -> None:
+    """A new empty image of `size` bytes; its directory is created (mode 0700) when missing."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    result = run(qemu_img, "create", "-q", "-f", fmt, path, str(size))
+    if result.rc != 0:
+        _files.remove(path)
+        raise ImageError(f"cannot create {fmt} image {path} of {size} bytes: {stderr_tail(result)}")
+
+
+def info(qemu_img: Program, path: str, fmt: str | None = None) -> dict[str, Any]:
+    """qemu-img info of an image, also while a QEMU has it open."""
+    result = run(qemu_img, "info", "--force-share", "--output=json", *(["-f", fmt] if fmt else []), path)
+    if result.rc != 0:
+        raise ImageError(f"cannot read {fmt or 'disk'} image {path}: {stderr_tail(result)}")
+    return json.loads(result.stdout)
+
+
+def virtual_size(qemu_img: Program, path: str, fmt: str | None = None) -> int:
+    return int(info(qemu_img, path, fmt)["virtual-size"])
+
+
+def extents(qemu_img: Program, path: str, fmt: str, force_share: bool = False,
+            timeout: float = TOOL_TIMEOUT) -> list[dict[str, Any]]:
+    result = run(qemu_img, "map", "--output=json", "-f", fmt, *(["-U"] if force_share else []), path,
+                 timeout=timeout)
+    if result.rc != 0:
+        raise ImageError(f"cannot map {fmt} image {path}: {stderr_tail(result)}")
+    return json.loads(result.stdout)
+
+
+def allocation(qemu_img: Program, path: str, fmt: str, force_share: bool = False,
+               timeout: float = TOOL_TIMEOUT) -> tuple[int, int]:
+    """(bytes of data in the image, all layers: what a sparse copy sends at most; virtual size)."""
+    found = extents(qemu_img, path, fmt, force_share, timeout)
+    return (sum(item["length"] for item in found if item["data"] and not item["zero"]),
+            sum(item["length"] for item in found))

@@ -1,0 +1,81 @@
+# Copyright: livemig.qemu contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The qemu_migrate module: run the source side of a live migration, or cancel one.
+
+Private to the livemig.qemu collection. The migration itself is `_migration.SourceMigration`; this checks the
+request, records the hand-over in this host's record, and undoes a migration on request.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ansible_collections.livemig.qemu.plugins.module_utils import _mirror
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
+from ansible_collections.livemig.qemu.plugins.module_utils._migration import (
+    MANAGED_PARAMETERS, MigrationFailed, MigrationSettings, SourceMigration)
+from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import (
+    ACTIVE, PAUSED, POSTCOPY, POSTCOPY_RECOVERY, RequestError, abort_mirrors, cancel, check_request,
+    resume_if_paused)
+from ansible_collections.livemig.qemu.plugins.module_utils._paths import mirror_job, mirror_target, node_name
+from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPSession
+from ansible_collections.livemig.qemu.plugins.module_utils._state import HostRecord, load_record, save_record
+
+
+def run(task: Any) -> dict[str, Any]:
+    with task.qmp(task.paths.job_qmp) as session:
+        if task.params["state"] == "completed":
+            return migrate(task, session)
+        return cancelled(task, session)
+
+
+def migrate(task: Any, session: QMPSession) -> dict[str, Any]:
+    params, paths = task.params, task.paths
+    status = session.execute("query-migrate").get("status")
+    if status == "completed" and session.execute("query-status")["status"] == "postmigrate":
+        return {"changed": False, "msg": "this VM was already migrated away"}
+    if params["convergence"] == "postcopy-early" and "postcopy-ram" not in params["capabilities"]:
+        raise LivemigError(f"VM {paths.vm}: convergence=postcopy-early needs postcopy-ram in capabilities "
+                           "(and on the target)")
+    try:
+        check_request(session, params["capabilities"], params["parameters"], MANAGED_PARAMETERS)
+    except RequestError as exc:
+        raise exc.about(f"VM {paths.vm}") from exc
+    if task.check_mode:
+        return {"changed": True}
+    settings = MigrationSettings(
+        uri=params["uri"], mirrored_nodes=[node_name(disk) for disk in params["disks"]],
+        max_bandwidth=params["max_bandwidth"], downtime_limit_ms=params["downtime_limit_ms"],
+        convergence=params["convergence"], capabilities=params["capabilities"], parameters=params["parameters"],
+        timeout=params["timeout"], stall_timeout=params["stall_timeout"],
+        switchover_timeout=params["switchover_timeout"], progress_path=paths.progress)
+    try:
+        statistics = SourceMigration(session, settings).run()
+    except MigrationFailed as exc:
+        exc.details["progress_file"] = paths.progress
+        raise exc.about(f"VM {paths.vm}") from exc
+    record = load_record(paths.record, paths.vm) or HostRecord(vm=paths.vm)
+    record.owner = False
+    record.handed_over_to = params["target_name"]
+    save_record(paths.record, record)
+    return {"changed": True, "statistics": statistics, "progress_file": paths.progress}
+
+
+def cancelled(task: Any, session: QMPSession) -> dict[str, Any]:
+    """Cancel the migration and abort the mirrors; resume the VM only when the target never ran it."""
+    status = session.execute("query-migrate").get("status")
+    if status in POSTCOPY:
+        raise LivemigError(f"VM {task.paths.vm}: the migration is {status} and cannot be cancelled; "
+                           f"{POSTCOPY_RECOVERY}", phase="post-copy", source_running=False, target_may_have_run=True)
+    migrating = status in ACTIVE
+    nodes = [node_name(disk) for disk in task.params["disks"]]
+    mirrors = [node for node in nodes if _mirror.find_job(session, mirror_job(node))
+               or _mirror.node_exists(session, mirror_target(node))]
+    resume = session.execute("query-status")["status"] in PAUSED and not task.params["target_ran"]
+    if not (migrating or mirrors or resume):
+        return {"changed": False}
+    if not task.check_mode:
+        cancel(session)
+        abort_mirrors(session, mirrors)
+        if resume:
+            resume_if_paused(session)
+    return {"changed": True, "resumed": resume}

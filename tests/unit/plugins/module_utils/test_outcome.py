@@ -1,0 +1,78 @@
+"""livemig_result and the outcome line from the steps each method registered."""
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.livemig.qemu.plugins.module_utils._outcome import OutcomeError, build_result, result_line
+
+MIB = 1048576
+STATISTICS = {"status": "completed", "source_stop_time": 100.25, "downtime_ms": 12, "ram_transferred": 120 * MIB,
+              "passes": 3}
+
+
+def plan(method, family):
+    return {"vm": "web1", "source": "hv1", "target": "hv2", "method": method, "family": family,
+            "summary": ["web1: hv1 -> hv2"]}
+
+
+LIVE = {"migration": {"finished": 1, "statistics": STATISTICS},
+        "resumed": {"finished": 1, "resume_time": 100.5, "disk_allocated": {"root": 16 * MIB, "data": 4 * MIB}},
+        "mirrors": {"results": [{"progress": {"root": 1}, "history": [{"t": 5.0}, {"t": 2.0}]},
+                                {"history": [{"t": 3.0}]}]}}
+SAVED = {"changed": True, "stop_time": 50.0, "size": 80 * MIB}
+RESTORED = {"changed": True, "resume_time": 52.125}
+COPIES = {"results": [{"bytes_allocated": 2 * MIB, "seconds": 1.5}, {"bytes_allocated": MIB, "seconds": 0.5}]}
+STATEFUL = {"saved": SAVED, "restored": RESTORED, "copies": COPIES}
+COLD = {"stopped_at": 10.0, "resumed_at": 13.75, "shutdown": {"stopped_by": "powerdown"}, "copies": COPIES}
+COMMON = {"vm": "web1", "source": "hv1", "target": "hv2", "plan": ["web1: hv1 -> hv2"], "started": 5.0,
+          "finished": 20.25}
+
+# Each row: method, family, steps, the expected livemig_result, the expected line.
+CASES = [
+    ("live-mirror", "live", LIVE,
+     {"source_stop_time": 100.25, "target_resume_time": 100.5, "disk_bytes": 20 * MIB,
+      "disk_allocated": {"root": 16 * MIB, "data": 4 * MIB}, "mirrors": [{"root": 1}, {}], "statistics": STATISTICS,
+      "mirror_history": [{"t": 2.0}, {"t": 3.0}, {"t": 5.0}], **COMMON, "method": "live-mirror", "frozen_ms": 250.0},
+     "web1 now runs on hv2 (live-mirror): guest frozen 250.0 ms (source stop to target resume), QEMU downtime 12 ms, "
+     "RAM 120.0 MiB in 3 passes,\ndisks 20.0 MiB written, 15.2 s in all."),
+    ("live-shared", "live", {"migration": {"statistics": {**STATISTICS, "source_stop_time": None}},
+                             "resumed": {"resume_time": 100.5}, "mirrors": {"results": []}},
+     {"source_stop_time": None, "target_resume_time": 100.5, "disk_bytes": 0, "disk_allocated": {}, "mirrors": [],
+      "statistics": {**STATISTICS, "source_stop_time": None}, "mirror_history": [], **COMMON, "method": "live-shared",
+      "frozen_ms": None},
+     "web1 now runs on hv2 (live-shared): guest frozen None ms (source stop to target resume), QEMU downtime 12 ms, "
+     "RAM 120.0 MiB in 3 passes,\ndisks 0.0 MiB written, 15.2 s in all."),
+    ("stateful", "stateful", STATEFUL,
+     {"source_stop_time": 50.0, "target_resume_time": 52.125, "state_bytes": 80 * MIB, "disk_bytes": 3 * MIB,
+      "statistics": {"save": SAVED, "restore": RESTORED, "copies": [1.5, 0.5]}, **COMMON, "method": "stateful",
+      "frozen_ms": 2125.0},
+     "web1 now runs on hv2 (stateful): guest frozen 2125.0 ms (source stop to target resume), state file 80.0 MiB,"
+     "\ndisks 3.0 MiB written, 15.2 s in all."),
+    ("cold", "cold", COLD,
+     {"source_stop_time": 10.0, "target_resume_time": 13.75, "disk_bytes": 3 * MIB,
+      "statistics": {"stopped_by": "powerdown", "copies": [1.5, 0.5]}, **COMMON, "method": "cold", "frozen_ms": 3750.0},
+     "web1 now runs on hv2 (cold): guest offline 3750.0 ms and restarted,\ndisks 3.0 MiB written, 15.2 s in all."),
+]
+
+
+@pytest.mark.parametrize("method,family,steps,expected,line", CASES, ids=[case[0] for case in CASES])
+def test_result_and_line(method, family, steps, expected, line):
+    result = build_result(steps, plan(method, family), "5.0", 20.25)
+    assert result == expected
+    assert list(result)[:2] == ["source_stop_time", "target_resume_time"], "the figures first, as before"
+    assert result_line(result) == line
+
+
+def test_a_cold_move_without_local_disks_copies_nothing():
+    result = build_result({**COLD, "copies": {"results": [], "skipped": True}}, plan("cold", "cold"), 5.0, 20.25)
+    assert result["disk_bytes"] == 0 and result["statistics"]["copies"] == []
+
+
+@pytest.mark.parametrize("steps,family,message", [
+    ({"saved": SAVED}, "stateful", "the stateful move's steps lack restored, copies"),
+    (LIVE, None, "no figures for method"),
+])
+def test_steps_that_do_not_fit_are_named(steps, family, message):
+    with pytest.raises(OutcomeError) as error:
+        build_result(steps, plan("x", family), 0, 0)
+    assert message in str(error.value)

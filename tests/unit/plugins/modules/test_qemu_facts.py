@@ -1,0 +1,59 @@
+"""qemu_facts takes the host's locations and QEMU as the one `host` dict or as the separate options."""
+from __future__ import annotations
+
+import conftest
+
+from ansible_collections.livemig.qemu.plugins.module_utils._state import HostRecord, save_record
+
+
+def known_host(tmp_path) -> dict[str, str]:
+    """A host with a record of vm1 in its state directory and a stale pid file of vm2 in its run directory."""
+    dirs = {"run_dir": str(tmp_path / "run"), "image_dir": str(tmp_path / "images"),
+            "state_dir": str(tmp_path / "records")}
+    save_record(str(tmp_path / "records" / "vm1.json"), HostRecord(vm="vm1", owner=True, machine="pc-q35-10.0"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "vm2.pid").write_text("999999999\n", encoding="ascii")
+    return dirs
+
+
+def vms(result: dict) -> dict:
+    assert "failed" not in result, result
+    return result["ansible_facts"]["livemig_qemu"]["vms"]
+
+
+def test_the_host_dict_and_the_separate_options_list_the_same_vms(tmp_path):
+    dirs = known_host(tmp_path)
+    separate = vms(conftest.run_module("qemu_facts", tmp_path, probe=False, **dirs))
+    in_one = vms(conftest.run_module("qemu_facts", tmp_path, probe=False, host={**dirs, "shared_dir": ""}))
+    assert in_one == separate
+    assert sorted(in_one) == ["vm1", "vm2"]
+    assert in_one["vm1"]["owner"] is True and in_one["vm1"]["machine"] == "pc-q35-10.0"
+    assert in_one["vm2"]["running"] is False
+
+
+def test_the_host_dict_defaults_its_directories_like_the_options(tmp_path):
+    """state_dir defaults to image_dir, which defaults to run_dir: a record in the run directory is found."""
+    save_record(str(tmp_path / "run" / "vm3.json"), HostRecord(vm="vm3", owner=True))
+    assert sorted(vms(conftest.run_module("qemu_facts", tmp_path, probe=False,
+                                          host={"run_dir": str(tmp_path / "run")}))) == ["vm3"]
+
+
+def test_the_qemu_of_the_host_dict_is_the_one_asked(tmp_path):
+    missing = str(tmp_path / "qemu")
+    result = conftest.run_module("qemu_facts", tmp_path, host={"run_dir": str(tmp_path), "qemu_binary": missing})
+    assert result["failed"] is True
+    assert result["msg"] == f"{missing} not found on this host: install QEMU or set qemu_binary to its path"
+
+
+def test_the_host_dict_and_a_separate_option_together_are_refused(tmp_path):
+    host = {"run_dir": str(tmp_path)}
+    for option, value in (("run_dir", str(tmp_path)), ("state_dir", str(tmp_path)), ("qemu_binary", "qemu")):
+        result = conftest.run_module("qemu_facts", tmp_path, probe=False, host=host, **{option: value})
+        assert result["failed"] is True
+        assert result["msg"] == f"parameters are mutually exclusive: host|{option}"
+
+
+def test_the_host_dict_needs_its_run_dir(tmp_path):
+    result = conftest.run_module("qemu_facts", tmp_path, probe=False, host={"image_dir": str(tmp_path)})
+    assert result["failed"] is True
+    assert result["msg"] == "missing required arguments: run_dir found in host"
