@@ -114,6 +114,7 @@ class SourceMigration:
         self._epoch = 0.0
         self._postcopy_requested = False  # migrate-start-postcopy sent: QEMU may enter post-copy at any moment
         self._failure_outcome = "failed"  # or "cancelled", by a migrate_cancel from another monitor
+        self._was_running = True  # a source paused before the migration is not resumed by its rollback
         self._disk_total = 0
         self._mirror_mark: tuple[float, int] | None = None
         self._latest: dict[str, Any] | None = None
@@ -126,6 +127,7 @@ class SourceMigration:
         status = self.session.execute("query-migrate").get("status")
         if status in ACTIVE:  # someone else's migration: touch nothing, not even the progress file
             raise MigrationFailed(Phase.SETUP, f"a migration is already {status} on this VM", True)
+        self._was_running = run_state(self.session) == "running"
         try:
             self._check_request()
             with self.session.subscribe(EVENTS) as events:
@@ -414,7 +416,7 @@ class SourceMigration:
             return MigrationFailed(self.phase, cause, running, self._statistics_safely())
         notes = undo((("cancel migration", lambda: cancel(self.session)),
                       ("abort mirrors", lambda: abort_mirrors(self.session, self.settings.mirrored_nodes)),
-                      ("resume source", lambda: resume_if_paused(self.session))))
+                      ("resume source", lambda: self._was_running and resume_if_paused(self.session))))
         return MigrationFailed(phase, with_notes(cause, notes), run_state(self.session) == "running",
                                self._statistics_safely())
 

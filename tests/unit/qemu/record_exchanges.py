@@ -11,13 +11,18 @@ from __future__ import annotations
 import os
 import sys
 
-import conftest  # noqa: F401 pylint: disable=unused-import  # run as a script: makes the collection importable
 import pytest
-from replay import RECORDINGS, Recorder, load, migrate, outcome, replay_migration
-from test_migration import AFTER_READY, CAP, FAST_POLICY, NODE, pair  # noqa: F401 pylint: disable=unused-import
-from test_postcopy import when_status
 
-from ansible_collections.livemig.qemu.plugins.module_utils._migration import MigrationFailed
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/unit, run as a script
+import conftest  # noqa: E402,F401 pylint: disable=unused-import,wrong-import-position  # the collection importable
+from replay import (  # noqa: E402 pylint: disable=wrong-import-position
+    RECORDINGS, Recorder, load, migrate, outcome, replay_migration)
+from test_migration import (  # noqa: E402,F401 pylint: disable=unused-import,wrong-import-position
+    AFTER_READY, CAP, FAST_POLICY, NODE, pair)
+from test_postcopy import when_status  # noqa: E402 pylint: disable=wrong-import-position
+
+from ansible_collections.livemig.qemu.plugins.module_utils._migration import (  # noqa: E402 pylint: disable=wrong-import-position
+    MigrationFailed)
 
 
 class KillTargetBeforeContinue(Recorder):

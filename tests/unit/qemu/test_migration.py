@@ -723,3 +723,16 @@ def test_impossible_requests_are_refused_before_anything_changes(pair, request_,
     assert caught.value.phase == "setup" and caught.value.source_running is True
     assert message in caught.value.cause
     assert "status" not in vms.src.execute("query-migrate"), "a migration was started"
+
+
+def test_a_source_paused_before_the_migration_stays_paused_after_a_rollback(pair):
+    """The rollback resumes a source the migration paused, never one that was paused before it started."""
+    vms = pair(disk=False)
+    vms.src.execute("stop")
+    wait_status(vms.src, "paused")
+    vms.target.kill()
+    with pytest.raises(MigrationFailed) as caught:
+        SourceMigration(vms.src, MigrationSettings(uri=vms.uri, sample_interval=0.2)).run()
+    assert caught.value.phase == "pre-copy"
+    assert caught.value.source_running is False
+    assert query_status(vms.src) == "paused"

@@ -103,12 +103,14 @@ def left_paused(resumed):
     """A recording as a QEMU that leaves the source paused after the failure would give it.
 
     Derived here, not recorded: QEMU 10 restarts the source itself after a cancel or a failure. The first run state
-    the recording asks for after the failure becomes paused; with `resumed`, the `cont` that must follow is added to
+    the recording asks for after `migrate` (after the failure) becomes paused; with `resumed`, the `cont` that must follow is added to
     the expected commands (the later run states say running)."""
     def derive(recording):
         recording = copy.deepcopy(recording)
         exchanges = recording["exchanges"]
-        first = next(index for index, entry in enumerate(exchanges) if entry.get("command") == "query-status")
+        started = next(index for index, entry in enumerate(exchanges) if entry.get("command") == "migrate")
+        first = next(index for index, entry in enumerate(exchanges)
+                     if index > started and entry.get("command") == "query-status")
         exchanges[first] = {**exchanges[first], "answer": {"status": "paused", "running": False}}
         if resumed:
             exchanges.insert(first + 1, {"t": exchanges[first]["t"], "command": "cont", "arguments": None,
@@ -189,3 +191,16 @@ def test_queries_are_served_in_order_then_the_latest_again_on_a_clock_that_follo
                                             if entry.get("command") == "query-migrate")
     session.clock.sleep(2)
     assert session.clock.time() == recording["epoch"] + session.clock.monotonic()
+
+
+def test_a_rollback_leaves_a_source_paused_before_the_migration_paused(replay):
+    """Derived from a real recording: the source was paused before the migration started (its first run state says
+    so), and the rollback finds it paused. It cancels and cleans up, but does not resume what it did not pause."""
+    def paused_from_the_start(recording):
+        recording = left_paused(resumed=False)(recording)
+        first = next(entry for entry in recording["exchanges"] if entry.get("command") == "query-status")
+        first["answer"] = {"status": "paused", "running": False}
+        return recording
+    unused_recording, failure, session = replay("switchover-timeout", paused_from_the_start)
+    assert commands(session)[3:] == ["block-job-cancel", "migrate_cancel", "blockdev-del"]
+    assert failure.phase == "switchover" and failure.source_running is False
