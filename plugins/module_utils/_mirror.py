@@ -114,9 +114,30 @@ def abort(session: QMPSession, node: str, timeout: float = 30.0) -> bool:
                     raise QMPTimeout(f"the mirror of {node} did not stop within {timeout:.0f}s", "block-job-cancel")
             changed = True
     if node_exists(session, mirror_target(node)):
-        session.execute("blockdev-del", {"node-name": mirror_target(node)})
+        detach(session, mirror_target(node))
         changed = True
     return changed
+
+
+DETACH_TIMEOUT = 5.0
+
+
+def detach(session: QMPSession, node: str, timeout: float = DETACH_TIMEOUT) -> None:
+    """blockdev-del of a mirror's NBD node. A job that has just ended can hold its target for a moment after it
+    has left query-block-jobs, so a refusal is retried until the node is gone or `timeout` has passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            session.execute("blockdev-del", {"node-name": node})
+            return
+        except QMPTimeout:
+            raise
+        except QMPError:
+            if not node_exists(session, node):
+                return
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 # -- the module --------------------------------------------------------------------------------
