@@ -671,7 +671,7 @@ def test_a_bandwidth_cap_is_shared_with_the_disk_mirrors(pair):
     assert CAP // 10 <= lowest < CAP * 0.8
     history = failure.stats["history"]
     assert history[-1]["disk_total"] >= 64 * MB and all(point["disk_remaining"] is not None for point in history)
-    assert query_status(vms.src) == "running" and leftovers(vms.src) == []
+    assert query_status(vms.src) == "running" and leftovers(vms.src) == [], failure.cause
 
 
 def test_the_timeout_scales_with_the_vm_size(pair):
