@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
+
 MIB = 1048576
 # The registered results each family of methods hands over, by the name the role gives them.
 STEPS = {
@@ -18,7 +20,7 @@ STEPS = {
 }
 
 
-class OutcomeError(ValueError):
+class OutcomeError(LivemigError, ValueError):
     """The steps do not fit the method; the message names what is missing."""
 
 
