@@ -9,8 +9,9 @@ import os
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.livemig.qemu.plugins.module_utils import _files
 from ansible_collections.livemig.qemu.plugins.module_utils._chart import (
-    ChartUnavailable, ReportError, chart_data, render_png, report_basename, write_atomically)
+    REPORT_MODE, ChartUnavailable, ReportError, chart_data, render_png, report_basename)
 from ansible_collections.livemig.qemu.plugins.modules.qemu_migration_report import ARGUMENT_SPEC
 
 NO_MATPLOTLIB = ("no chart: matplotlib is not installed on the controller ({cause}); "
@@ -39,7 +40,7 @@ class ActionModule(ActionBase):
         text = json.dumps(report, indent=4, sort_keys=True, default=str) + "\n"
         try:
             os.makedirs(dest_dir, exist_ok=True)
-            write_atomically(json_path, lambda handle: handle.write(text.encode("utf-8")))
+            _files.atomic_write(json_path, text, mode=REPORT_MODE, durable=False)
         except OSError as exc:
             raise AnsibleActionFail(f"cannot write the migration report in {dest_dir}: {exc}") from exc
         if png_path is not None:

@@ -9,17 +9,17 @@ ChartUnavailable.
 """
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
-from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
+from ansible_collections.livemig.qemu.plugins.module_utils import _files
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import SpecError, check_vm_name
 
 MIB = 1 << 20
+REPORT_MODE = 0o644  # reports are for people on the controller, like any file a playbook writes there
 EPOCH_FLOOR = 1e9  # a time below this (2001) is seconds since the migration started, not an epoch time
 
 
@@ -168,17 +168,6 @@ def render_png(data: ChartData, path: str) -> None:
     axes.grid(True, alpha=0.3)
     if axes.get_legend_handles_labels()[0]:
         axes.legend(loc="best")
-    write_atomically(path, lambda handle: figure.savefig(handle, format="png"))
-
-
-def write_atomically(path: str, write: Callable[[BinaryIO], Any], mode: int = 0o644) -> None:
-    """Create or replace `path` so that readers see the old file or the whole new one, never a part."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    image = io.BytesIO()
+    figure.savefig(image, format="png")
+    _files.atomic_write(path, image.getvalue(), mode=REPORT_MODE, durable=False)

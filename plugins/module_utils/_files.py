@@ -10,17 +10,18 @@ import os
 import tempfile
 
 
-def atomic_write(path: str, text: str, mode: int = 0o600, durable: bool = True) -> None:
-    """Replace `path` with `text`: a reader, or a host after a crash, sees the old content or the new, never half.
+def atomic_write(path: str, content: str | bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Replace `path` with `content`: a reader, or a host after a crash, sees the old content or the new, never half.
 
-    `durable` also flushes the file and its directory to stable storage (records); progress files skip that.
+    `durable` also flushes the file and its directory to stable storage (records); progress files and reports
+    skip that.
     """
     directory = os.path.dirname(path) or "."
     descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
     try:
         os.fchmod(descriptor, mode)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(content.encode("utf-8") if isinstance(content, str) else content)
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())

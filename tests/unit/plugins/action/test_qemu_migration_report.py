@@ -10,9 +10,9 @@ import pytest
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.livemig.qemu.plugins.action.qemu_migration_report import ActionModule
-from ansible_collections.livemig.qemu.plugins.module_utils import _chart
+from ansible_collections.livemig.qemu.plugins.module_utils import _files
 from ansible_collections.livemig.qemu.plugins.module_utils._chart import (
-    ChartUnavailable, ReportError, chart_data, render_png, report_basename)
+    REPORT_MODE, ChartUnavailable, ReportError, chart_data, render_png, report_basename)
 from ansible_collections.livemig.qemu.plugins.modules import qemu_migration_report
 
 MIB = 1 << 20
@@ -136,14 +136,15 @@ def test_a_chart_that_fails_to_draw_is_a_warning(monkeypatch, tmp_path):
     assert warning.startswith("no chart:") and "bad data" in warning
 
 
-def test_write_atomically_leaves_no_partial_file(tmp_path):
+def test_a_failed_report_write_leaves_no_partial_file(tmp_path, monkeypatch):
     path = str(tmp_path / "r.json")
 
-    def failing(handle):
-        handle.write(b"{")
+    def failing(source, destination):
+        assert os.path.getsize(source) == 2  # written in full, then the rename fails
         raise OSError("disk full")
+    monkeypatch.setattr(_files.os, "replace", failing)
     with pytest.raises(OSError):
-        _chart.write_atomically(path, failing)
+        _files.atomic_write(path, "{}", mode=REPORT_MODE, durable=False)
     assert os.listdir(tmp_path) == []
 
 
