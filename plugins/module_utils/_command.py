@@ -44,3 +44,17 @@ class Program:
 
     def run(self, *args: str, timeout: float, umask: int | None = None) -> Completed:
         return self.runner([self.path, *args], timeout, umask)
+
+
+def run_tool(program: Program, *args: str, timeout: float = TOOL_TIMEOUT,
+             error: type[LivemigError] = CommandTimeout) -> Completed:
+    """Run a QEMU tool (qemu-img, qemu-nbd) to its end; past its deadline raise `error` naming the tool's step."""
+    try:
+        return program.run(*args, timeout=timeout)
+    except CommandTimeout:
+        raise error(f"{program.name} {args[0]} did not finish within {timeout:.0f}s") from None
+
+
+def stderr_tail(result: Completed, lines: int = 10) -> str:
+    """The last lines of what the program said, for an error message (its exit status when it said nothing)."""
+    return "\n".join(result.stderr.strip().splitlines()[-lines:]) or f"exit status {result.rc}"

@@ -14,7 +14,7 @@ import signal
 import time
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _files, _qemuimg
-from ansible_collections.livemig.qemu.plugins.module_utils._command import Program
+from ansible_collections.livemig.qemu.plugins.module_utils._command import Program, run_tool, stderr_tail
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import bind_with_retry
 from ansible_collections.livemig.qemu.plugins.module_utils._state import process_alive
@@ -73,10 +73,10 @@ def start_server(qemu_nbd: Program, path: str, fmt: str, address: str, port: int
     def listen(chosen: int) -> int:
         _files.remove(pidfile)
         # Not --persistent: the server exits once its one client disconnects, and flushes the image as it closes.
-        result = _qemuimg.run(qemu_nbd, "--fork", "--pid-file", pidfile, "--bind", address, "--port", str(chosen),
-                              "--export-name", export, "--format", fmt, "--cache=writeback", path)
+        result = run_tool(qemu_nbd, "--fork", "--pid-file", pidfile, "--bind", address, "--port", str(chosen),
+                          "--export-name", export, "--format", fmt, "--cache=writeback", path, error=NBDCopyError)
         if result.rc != 0:
-            raise NBDCopyError(f"qemu-nbd cannot serve {path} on {address}:{chosen}: {_qemuimg.stderr_tail(result)}")
+            raise NBDCopyError(f"qemu-nbd cannot serve {path} on {address}:{chosen}: {stderr_tail(result)}")
         return _read_pid(pidfile)
 
     return bind_with_retry(listen, address, port)
@@ -121,10 +121,10 @@ def wait_server_exit(server: dict, timeout: float) -> bool:
 def send(qemu_img: Program, src: str, src_format: str, uri: str, force_share: bool, timeout: float) -> float:
     """Write the source's data, and only its data, into the NBD export. Returns the seconds it took."""
     started = time.monotonic()
-    result = _qemuimg.run(qemu_img, "convert", "-n", "--target-is-zero", "-f", src_format, "-O", "raw",
-                          *(["-U"] if force_share else []), src, uri, timeout=timeout)
+    result = run_tool(qemu_img, "convert", "-n", "--target-is-zero", "-f", src_format, "-O", "raw",
+                      *(["-U"] if force_share else []), src, uri, timeout=timeout, error=NBDCopyError)
     if result.rc != 0:
-        raise NBDCopyError(f"copying {src} to {uri} failed: {_qemuimg.stderr_tail(result)}. Check that the "
+        raise NBDCopyError(f"copying {src} to {uri} failed: {stderr_tail(result)}. Check that the "
                            "receiving host listens for this copy (state=listening) and is reachable from here, that "
                            "no other client used the export (it serves one), and that the source is readable"
                            f"{'' if force_share else ' and not in use (force_share)'}")

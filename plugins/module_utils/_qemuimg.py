@@ -12,7 +12,7 @@ from typing import Any
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _files
 from ansible_collections.livemig.qemu.plugins.module_utils._command import (
-    TOOL_TIMEOUT, CommandTimeout, Completed, Program)
+    TOOL_TIMEOUT, Completed, Program, run_tool, stderr_tail)
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 
 
@@ -20,15 +20,8 @@ class ImageError(LivemigError):
     """qemu-img could not create or read an image."""
 
 
-def stderr_tail(result: Completed, lines: int = 10) -> str:
-    return "\n".join(result.stderr.strip().splitlines()[-lines:]) or f"exit status {result.rc}"
-
-
 def run(qemu_img: Program, *args: str, timeout: float = TOOL_TIMEOUT) -> Completed:
-    try:
-        return qemu_img.run(*args, timeout=timeout)
-    except CommandTimeout:
-        raise ImageError(f"{qemu_img.name} {args[0]} did not finish within {timeout:.0f}s") from None
+    return run_tool(qemu_img, *args, timeout=timeout, error=ImageError)
 
 
 def create(qemu_img: Program, path: str, fmt: str, size: int) -> None:
