@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Bring up the two-host test lab: network namespaces hv1/hv2 on bridge lmbr0,
-# each running its own sshd, then prepare both hosts with the playbook
+# each running its own sshd, a guest network (bridge lmguest in each host, joined
+# by bridge lmbr2) with the client namespace lmclient and its DHCP server, then
+# prepare both hosts with the playbook
 # livemig.qemu.prepare (role livemig.qemu.hypervisor: a venv per host, the
 # image/run/state directories). Idempotent: re-running on a lab that is up
 # converges to the same state and exits 0.
@@ -32,6 +34,29 @@ host_ip() { echo "198.18.0.${1#hv}"; }
 # fault test can cut or slow it while Ansible still reaches the host over eth0.
 MIG_BR=lmbr1
 mig_ip() { echo "198.18.0.10${1#hv}"; }
+# The guest network: a bridge lmguest in each host (VM specs say `bridge: lmguest`), each with an uplink
+# (lmguest-up <-> lmg-hvN) to the root namespace's bridge lmbr2, the "top of rack" switch that joins them at layer
+# 2. The client namespace lmclient sits on lmbr2 and serves DHCP. No address of the lab's own on any bridge.
+GUEST_BR=lmguest
+GUEST_UPLINK=lmguest-up
+TOR_BR=lmbr2
+CLIENT_NS=lmclient
+CLIENT_ADDR=198.19.0.254/24
+# Its bridges forget a MAC after 30 s instead of 300 s: a move without announce-self recovers within 30 s.
+AGEING_CS=3000
+# Fixed, locally administered bridge MACs (taps coming and going never change them): lmbr2 ...:00, lmguest ...:0N.
+guest_br_mac() { printf '02:6c:6d:00:02:%02x' "${1#hv}"; }
+# shellcheck disable=SC2054  # the commas belong to dnsmasq's options
+DNSMASQ_ARGS=(--conf-file=/dev/null --port=0 --no-resolv --no-hosts --bind-interfaces --interface=eth0
+    --dhcp-range=198.19.0.100,198.19.0.199,255.255.255.0,12h --dhcp-authoritative
+    --dhcp-option=option:router --dhcp-option=option:dns-server
+    --dhcp-leasefile="$LAB_DIR/dnsmasq.leases" --pid-file="$LAB_DIR/dnsmasq.pid"
+    --log-facility="$LAB_DIR/dnsmasq.log" --log-dhcp --user=root)
+# Inside a host's namespace /etc/livemig-blk is /etc/netns/<host>/livemig-blk (bind-mounted by ip netns exec),
+# where lab/blockdev.sh puts the host's own loop devices; /etc/qemu is the host's own too (empty: a test may put a
+# firmware descriptor there that only that host sees).
+BLK_DIR=livemig-blk
+HOST_ETC_DIRS=("$BLK_DIR" qemu)
 
 # shellcheck source=lab/processes.sh
 . "$(dirname "${BASH_SOURCE[0]}")/processes.sh"
@@ -54,14 +79,14 @@ write_if_changed() {
 # the hosts share this machine's filesystem but have no internet, so apt must find them installed.
 ensure_packages() {
     local missing=0 c p
-    for c in /usr/sbin/sshd ssh ssh-keygen ip tc ping; do
+    for c in /usr/sbin/sshd ssh ssh-keygen ip tc ping /usr/sbin/dnsmasq; do
         command -v "$c" >/dev/null 2>&1 || missing=1
     done
-    for p in python3-venv python3-packaging; do
+    for p in python3-venv python3-packaging ovmf; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing=1
     done
     [ "$missing" -eq 0 ] && return 0
-    local pkgs=(openssh-server openssh-client iproute2 iputils-ping python3-venv python3-packaging)
+    local pkgs=(openssh-server openssh-client iproute2 iputils-ping dnsmasq-base python3-venv python3-packaging ovmf)
     log "installing ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y "${pkgs[@]}" >/dev/null ||
@@ -77,6 +102,14 @@ ensure_dirs() {
     mkdir -p "$LAB_DIR/shared"
     chmod 0700 "$SSH_DIR"
     mkdir -p /run/sshd && chmod 0755 /run/sshd   # sshd privilege separation dir
+    # Before anything runs `ip netns exec <host>`: the mount point in the root ns, and each host's directory.
+    local d
+    for d in "${HOST_ETC_DIRS[@]}"; do
+        mkdir -p "/etc/$d"
+        for h in "${HOSTS[@]}"; do
+            mkdir -p "/etc/netns/$h/$d"
+        done
+    done
 }
 
 ensure_keys() {
@@ -90,15 +123,65 @@ ensure_keys() {
     done
 }
 
+# in_ns NS CMD...: run CMD in network namespace NS, or in this (root) one when NS is empty.
+in_ns() {
+    local ns=$1
+    shift
+    if [ -n "$ns" ]; then ip netns exec "$ns" "$@"; else "$@"; fi
+}
+
+# ensure_veth DEV NS PEER: a veth pair, DEV here and PEER in netns NS; made again when DEV is missing.
+ensure_veth() {
+    ip link show "$1" >/dev/null 2>&1 && return 0
+    ip -n "$2" link del "$3" 2>/dev/null || true
+    ip link add "$1" type veth peer name "$3" netns "$2"
+}
+
+# ensure_addr NS DEV ADDR/LEN
+ensure_addr() {
+    ip -n "$1" -4 addr show dev "$2" | grep -qF "inet $3 " || ip -n "$1" addr add "$3" dev "$2"
+}
+
+# No IPv6 on the guest network's links (no link-local address, DAD or router solicitation of the lab's own).
+# Call it before the link goes up. Ignored where the kernel has no IPv6.
+no_ipv6() { in_ns "$1" sysctl -q -e -w "net.ipv6.conf.$2.disable_ipv6=1" >/dev/null; }
+
+# ensure_guest_bridge NS BRIDGE MAC: a bridge of the guest network, in netns NS (empty: the root ns).
+ensure_guest_bridge() {
+    local ns=$1 br=$2 mac=$3
+    in_ns "$ns" ip link show "$br" >/dev/null 2>&1 || in_ns "$ns" ip link add "$br" type bridge
+    in_ns "$ns" ip link set "$br" type bridge stp_state 0 forward_delay 0 ageing_time "$AGEING_CS"
+    in_ns "$ns" ip link show "$br" | grep -qF "link/ether $mac " || in_ns "$ns" ip link set "$br" address "$mac"
+    no_ipv6 "$ns" "$br"
+    in_ns "$ns" ip link set "$br" up
+}
+
+ensure_guest_network() {
+    local h
+    ensure_guest_bridge "" "$TOR_BR" "$(guest_br_mac 0)"
+    for h in "${HOSTS[@]}"; do
+        ensure_guest_bridge "$h" "$GUEST_BR" "$(guest_br_mac "$h")"
+        ensure_veth "lmg-$h" "$h" "$GUEST_UPLINK"
+        no_ipv6 "" "lmg-$h"
+        no_ipv6 "$h" "$GUEST_UPLINK"
+        ip link set "lmg-$h" master "$TOR_BR" up
+        ip -n "$h" link set "$GUEST_UPLINK" master "$GUEST_BR" up
+    done
+    [ -e "/run/netns/$CLIENT_NS" ] || ip netns add "$CLIENT_NS"
+    ensure_veth lmg-client "$CLIENT_NS" eth0
+    no_ipv6 "" lmg-client
+    no_ipv6 "$CLIENT_NS" eth0
+    ip link set lmg-client master "$TOR_BR" up
+    ip -n "$CLIENT_NS" link set lo up
+    ensure_addr "$CLIENT_NS" eth0 "$CLIENT_ADDR"
+    ip -n "$CLIENT_NS" link set eth0 up
+}
+
 ensure_migration_link() {
-    local h=$1 peer mip
-    mip=$(mig_ip "$h")
-    if ! ip link show "lmm-$h" >/dev/null 2>&1; then
-        ip -n "$h" link del mig0 2>/dev/null || true
-        ip link add "lmm-$h" type veth peer name mig0 netns "$h"
-    fi
+    local h=$1 peer
+    ensure_veth "lmm-$h" "$h" mig0
     ip link set "lmm-$h" master "$MIG_BR" up
-    ip -n "$h" -4 addr show dev mig0 | grep -qF "inet $mip/32 " || ip -n "$h" addr add "$mip/32" dev mig0
+    ensure_addr "$h" mig0 "$(mig_ip "$h")/32"
     ip -n "$h" link set mig0 up
     for peer in "${HOSTS[@]}"; do
         [ "$peer" = "$h" ] && continue
@@ -109,7 +192,7 @@ ensure_migration_link() {
 ensure_network() {
     ip link show "$MIG_BR" >/dev/null 2>&1 || ip link add "$MIG_BR" type bridge stp_state 0 forward_delay 0
     ip link set "$MIG_BR" up
-    local h ip
+    local h br
     if ! ip link show "$BR" >/dev/null 2>&1; then
         ip link add "$BR" type bridge stp_state 0 forward_delay 0
     fi
@@ -117,19 +200,15 @@ ensure_network() {
     ip link set "$BR" up
 
     for h in "${HOSTS[@]}"; do
-        ip=$(host_ip "$h")
         [ -e "/run/netns/$h" ] || ip netns add "$h"
-        if ! ip link show "lm-$h" >/dev/null 2>&1; then
-            ip -n "$h" link del eth0 2>/dev/null || true
-            ip link add "lm-$h" type veth peer name eth0 netns "$h"
-        fi
+        ensure_veth "lm-$h" "$h" eth0
         ip link set "lm-$h" master "$BR" up
         ip -n "$h" link set lo up
-        ip -n "$h" -4 addr show dev eth0 | grep -qF "inet $ip/24 " ||
-            ip -n "$h" addr add "$ip/24" dev eth0
+        ensure_addr "$h" eth0 "$(host_ip "$h")/24"
         ip -n "$h" link set eth0 up
         ensure_migration_link "$h"
     done
+    ensure_guest_network
 
     # With br_netfilter loaded and bridge-nf-call-iptables=1, bridged frames
     # traverse the root ns iptables FORWARD chain. If that chain could drop
@@ -137,8 +216,10 @@ ensure_network() {
     if [ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo 0)" = 1 ] &&
         command -v iptables >/dev/null 2>&1 &&
         [ "$(iptables -S FORWARD 2>/dev/null | grep -vc '^-P FORWARD ACCEPT$')" != 0 ]; then
-        iptables -C FORWARD -i "$BR" -o "$BR" -m comment --comment livemig-lab -j ACCEPT 2>/dev/null ||
-            iptables -I FORWARD -i "$BR" -o "$BR" -m comment --comment livemig-lab -j ACCEPT
+        for br in "$BR" "$MIG_BR" "$TOR_BR"; do
+            iptables -C FORWARD -i "$br" -o "$br" -m comment --comment livemig-lab -j ACCEPT 2>/dev/null ||
+                iptables -I FORWARD -i "$br" -o "$br" -m comment --comment livemig-lab -j ACCEPT
+        done
     fi
 }
 
@@ -166,25 +247,29 @@ Subsystem sftp internal-sftp
 EOF
 }
 
-sshd_pid() {
-    local pf="$SSH_DIR/$1/sshd.pid" pid
-    [ -f "$pf" ] || return 1
-    pid=$(cat "$pf")
-    alive "$pid" && [ "$(cat "/proc/$pid/comm")" = sshd ] &&
-        [ "$(ip netns identify "$pid" 2>/dev/null)" = "$1" ] || return 1
-    echo "$pid"
+# sees_host_dirs PID HOST: PID sees each /etc/netns/HOST/<dir> at /etc/<dir> (it was started after those
+# directories existed, by `ip netns exec HOST`). /proc/PID/root resolves the path in PID's mount namespace.
+sees_host_dirs() {
+    local d
+    for d in "${HOST_ETC_DIRS[@]}"; do
+        [ "$(stat -c %d:%i "/proc/$1/root/etc/$d" 2>/dev/null)" = "$(stat -c %d:%i "/etc/netns/$2/$d")" ] || return 1
+    done
 }
 
 ensure_sshd() {
     local h=$1 cfg="$SSH_DIR/$1/sshd_config" changed=0 pid
     sshd_config "$h" | write_if_changed "$cfg" && changed=1
     /usr/sbin/sshd -t -f "$cfg" || die "invalid $cfg"
-    if pid=$(sshd_pid "$h"); then
-        if [ "$changed" = 1 ]; then
-            log "$h: sshd config changed, reloading"
-            kill -HUP "$pid"
+    if pid=$(pidfile_pid "$SSH_DIR/$h/sshd.pid" sshd "$h"); then
+        if sees_host_dirs "$pid" "$h"; then
+            if [ "$changed" = 1 ]; then
+                log "$h: sshd config changed, reloading"
+                kill -HUP "$pid"
+            fi
+            return 0
         fi
-        return 0
+        log "$h: sshd was started before /etc/netns/$h/{${HOST_ETC_DIRS[*]}} existed, restarting it"
+        kill_pids "$pid"
     fi
     rm -f "$SSH_DIR/$h/sshd.pid"
     # sshd daemonizes; it keeps the netns (and the private mount ns that
@@ -193,6 +278,20 @@ ensure_sshd() {
     # shellcheck disable=SC2016  # $1..$3 are expanded by the inner sh, from the arguments after the script
     ip netns exec "$h" unshare --uts -- sh -c 'hostname "$1" && exec /usr/sbin/sshd -f "$2" -E "$3"' \
         sshd-"$h" "$h" "$cfg" "$SSH_DIR/$h/sshd.log" </dev/null 9>&-
+}
+
+# dnsmasq in the client namespace, the guest network's DHCP server (no DNS). Restarted when dead or when its
+# options differ from DNSMASQ_ARGS.
+ensure_dnsmasq() {
+    local pf="$LAB_DIR/dnsmasq.pid" pid
+    if pid=$(pidfile_pid "$pf" dnsmasq "$CLIENT_NS"); then
+        [ "$(tr '\0' '\n' <"/proc/$pid/cmdline" | tail -n +2)" = "$(printf '%s\n' "${DNSMASQ_ARGS[@]}")" ] && return 0
+        log "dnsmasq's options changed, restarting it"
+        kill_pids "$pid"
+    fi
+    rm -f "$pf"
+    ip netns exec "$CLIENT_NS" dnsmasq "${DNSMASQ_ARGS[@]}" </dev/null 9>&- ||
+        die "dnsmasq did not start in $CLIENT_NS; see $LAB_DIR/dnsmasq.log"
 }
 
 control_path() {
@@ -331,9 +430,12 @@ ensure_dirs
 ensure_keys
 ensure_network
 for h in "${HOSTS[@]}"; do ensure_sshd "$h"; done
+ensure_dnsmasq
 write_ssh_config
 write_inventory
 wait_ssh
 ensure_wheels
 prepare_hosts
-echo "livemig lab up: hv1=198.18.0.1 hv2=198.18.0.2 bridge=$BR($BR_ADDR) inventory=$LAB_DIR/inventory.yml ssh: ssh -F $LAB_DIR/ssh_config hv1"
+echo "livemig lab up: hv1=198.18.0.1 hv2=198.18.0.2 bridge=$BR($BR_ADDR)" \
+    "guest network=$GUEST_BR/$TOR_BR client=$CLIENT_NS(${CLIENT_ADDR%/*}) inventory=$LAB_DIR/inventory.yml" \
+    "ssh: ssh -F $LAB_DIR/ssh_config hv1"

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.livemig.qemu.plugins.module_utils._negotiate import PlanError, make_plan, needs_kvm_check
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
+from ansible_collections.livemig.qemu.plugins.module_utils._negotiate import make_plan, needs_kvm_check
 from ansible_collections.livemig.qemu.plugins.module_utils._situation import request_problem
 
 
@@ -20,9 +21,9 @@ def migration_plan(request):
         raise AnsibleFilterError(f"migration_plan: missing {', '.join(missing)}")
     try:
         return make_plan(request)
-    except PlanError as exc:
+    except LivemigError as exc:  # a malformed request or spec
         raise AnsibleFilterError(f"migration_plan: {exc}") from None
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise AnsibleFilterError(f"migration_plan: malformed facts or spec ({exc!r})") from None
 
 

@@ -12,11 +12,12 @@ import os
 import secrets
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _files, _qemuimg
+from ansible_collections.livemig.qemu.plugins.module_utils import _blockdev, _files, _qemuimg
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._module import Task
 from ansible_collections.livemig.qemu.plugins.module_utils._nbdcopy import (
-    LABEL, NBDCopyError, check_destination, finish_file, nbd_uri, send, server_alive, start_server, stop_server, wait_server_exit)
+    LABEL, NBDCopyError, check_destination, finish_file, is_device, nbd_uri, send, server_alive, start_server,
+    stop_server, wait_server_exit)
 from ansible_collections.livemig.qemu.plugins.module_utils._state import HostRecord, load_record, save_record
 
 # What each state needs besides its host's locations (`host` or `run_dir`).
@@ -49,7 +50,8 @@ def _receiving(task: Task) -> dict[str, Any]:
 
 def _server_result(server: dict) -> dict[str, Any]:
     return {"uri": nbd_uri(server["host"], server["port"], server["export"]), "host": server["host"],
-            "port": server["port"], "export": server["export"], "pid": server["pid"]}
+            "port": server["port"], "export": server["export"], "pid": server["pid"],
+            "zeroed": not server.get("device", False)}
 
 
 class _Receiver:
@@ -77,6 +79,8 @@ class _Receiver:
                                    "(state=finished or state=absent)")
             return {"changed": False, "msg": f"qemu-nbd already listens for {path}", **_server_result(server)}
         qemu_img, qemu_nbd = self.task.tool("qemu-img"), self.task.tool("qemu-nbd")
+        if is_device(path):
+            return self.listening_on_device(qemu_nbd)
         exists = os.path.exists(path)
         if exists and params["replace"]:
             if self.task.check_mode:
@@ -106,6 +110,28 @@ class _Receiver:
         save_record(self.paths.record, self.record)
         return {"changed": True, "msg": f"qemu-nbd serves {path} for copy {label}", **_server_result(server)}
 
+    def listening_on_device(self, qemu_nbd: Any) -> dict[str, Any]:
+        """A block device is never created, replaced or deleted: it is served as it is, cut to the disk's size, and
+        the sender writes every byte (its old content is not zero)."""
+        params, path, size = self.params, self.params["path"], self.params["size"]
+        if params["format"] != "raw":
+            raise LivemigError(f"{path} is a block device: copy into it with format raw")
+        if not size or size <= 0:
+            raise LivemigError(f"{path} is a block device: give the disk's size in bytes (size)")
+        problem = _blockdev.problem(path, size, check_unused=True)
+        if problem:
+            raise LivemigError(problem)
+        if self.task.check_mode:
+            return {"changed": True, "msg": f"would serve the block device {path} for copy {self.label}"}
+        server = {"host": params["address"], "export": f"{self.label}-{secrets.token_hex(16)}", "path": path,
+                  "format": "raw", "pidfile": self.paths.copy_pidfile(self.label), "size": size, "device": True}
+        server["pid"], server["port"] = start_server(qemu_nbd, path, "raw", server["host"], params["port"],
+                                                     server["export"], server["pidfile"], size)
+        self.record.volatile[self.key] = server
+        save_record(self.paths.record, self.record)
+        return {"changed": True, "msg": f"qemu-nbd serves the block device {path} for copy {self.label}",
+                **_server_result(server)}
+
     def finished(self) -> dict[str, Any]:
         label, timeout, server = self.label, self.params["timeout"], self.server
         if not server:
@@ -131,6 +157,8 @@ class _Receiver:
         if server:
             stop_server(server)
             self._forget()
+        if is_device(path):  # the operator's device stays; its content is what the copy left
+            return {"changed": bool(server), "msg": f"stopped copy {label}; the block device {path} stays"}
         _files.remove(path)
         return {"changed": True, "msg": f"stopped copy {label} and deleted {path}"}
 
@@ -138,16 +166,23 @@ class _Receiver:
 def sent(task: Task) -> dict[str, Any]:
     params = task.params
     src, fmt, uri = params["src"], params["src_format"], params["uri"]
-    if not os.path.isabs(src) or not os.path.isfile(src):
-        raise LivemigError(f"src {src} must be an absolute path to an existing file on this host")
+    device = is_device(src)
+    if not os.path.isabs(src) or not (device or os.path.isfile(src)):
+        raise LivemigError(f"src {src} must be an absolute path to an existing file or block device on this host")
+    if device and not params["src_size"]:
+        raise LivemigError(f"src {src} is a block device: give the size of the disk on it (src_size)")
     if not uri.startswith("nbd://"):
         raise LivemigError(f"uri {uri} must be the nbd:// address that state=listening returned")
     if task.check_mode:
         return {"changed": True, "msg": f"would copy {src} ({fmt}) to {uri}"}
     qemu_img = task.tool("qemu-img")
-    allocated, size = _qemuimg.allocation(qemu_img, src, fmt, params["force_share"], params["timeout"])
-    seconds = send(qemu_img, src, fmt, uri, params["force_share"], params["timeout"])
-    if fmt == "raw":
+    if device:  # every byte of the disk goes, zeros included
+        allocated = size = params["src_size"]
+    else:
+        allocated, size = _qemuimg.allocation(qemu_img, src, fmt, params["force_share"], params["timeout"])
+    seconds = send(qemu_img, src, fmt, uri, params["force_share"], params["timeout"], params["src_size"] if device
+                   else None, params["target_is_zero"])
+    if fmt == "raw" and not device:
         size = os.path.getsize(src)  # QEMU rounds a raw file up to whole sectors
     return {"changed": True, "msg": f"copied {src} to {uri}", "bytes_allocated": allocated, "virtual_size": size,
             "seconds": round(seconds, 3)}

@@ -7,21 +7,22 @@ Private to the livemig.qemu collection.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _files, _probe, _qemuimg, _vmhost
+from ansible_collections.livemig.qemu.plugins.module_utils import _blockdev, _files, _firmware, _probe, _qemuimg, _taps, _vmhost
 from ansible_collections.livemig.qemu.plugins.module_utils._command import Program
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
+from ansible_collections.livemig.qemu.plugins.module_utils._qemuargv import build_argv
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from ansible_collections.livemig.qemu.plugins.module_utils._state import (
     HostRecord, load_record, remove_record, save_record)
-from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import (
-    Disk, SpecError, VMSpec, build_argv, parse_spec)
+from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import Disk, SpecError, VMSpec, parse_spec
 
 STALE = "postmigrate"
 MIB = 1024 * 1024
 # Failures of these steps are about the VM: their messages get its name in front.
-VM_FAILURES = (SpecError, _probe.ProbeError, _vmhost.VMHostError, _qemuimg.ImageError, QMPError)
+VM_FAILURES = (SpecError, _probe.ProbeError, _vmhost.VMHostError, _qemuimg.ImageError, _taps.TapError, QMPError)
 
 
 def run(task: Any) -> dict[str, Any]:
@@ -85,8 +86,10 @@ class VMLifecycle:
         self.changed()
         qemu = self.task.qemu()
         machine, accel = self.pinned_abi(qemu, spec)
-        created = self.create_missing_disks(spec)
-        self.launch(qemu, spec, machine, accel, incoming=False, created=created)
+        uefi = self.firmware(qemu, spec, machine)
+        self.check_devices(spec, accel)
+        created = self.create_missing_disks(spec, uefi)
+        self.launch(qemu, spec, machine, accel, incoming=False, created=created, uefi=uefi)
         self.record.owner = True
         self.record.handed_over_to = None
         save_record(self.paths.record, self.record)
@@ -132,9 +135,12 @@ class VMLifecycle:
         self.check_memory(spec)
         self.changed()
         qemu = self.task.qemu()
+        uefi = self.firmware(qemu, spec, self.params["machine"])
+        self.check_devices(spec, self.params["accel"])
         created = self.copied_local_disks(spec) if self.params["keep_disks"] else self.fresh_local_disks(spec)
         self.record = HostRecord(vm=self.paths.vm)
-        self.launch(qemu, spec, self.params["machine"], self.params["accel"], incoming=True, created=created)
+        self.launch(qemu, spec, self.params["machine"], self.params["accel"], incoming=True, created=created,
+                    uefi=uefi)
         self.record.volatile["incoming"] = True
         save_record(self.paths.record, self.record)
 
@@ -145,9 +151,18 @@ class VMLifecycle:
         self.result["stopped_by"] = _vmhost.stop_qemu(self.paths, self.pid, self.params["powerdown_timeout"])
         self.pid = None
         self.result["status"] = None
-        if self.record:
-            self.record.volatile = {}
-            save_record(self.paths.record, self.record)
+        self.forget_volatile()
+
+    def forget_volatile(self) -> None:
+        """This host's QEMU is gone: so are its taps (the kernel removes them with it); remove any that survived
+        and forget this host's volatile keys. Never touches another host's."""
+        if not self.record:
+            return
+        taps = self.record.volatile.get("taps") or {}
+        if taps:
+            self.result["taps_removed"] = _taps.remove_leftovers(self.ip(), taps)
+        self.record.volatile = {}
+        save_record(self.paths.record, self.record)
 
     def ensure_absent(self) -> None:
         if self.pid:
@@ -155,6 +170,8 @@ class VMLifecycle:
             self.result["stopped_by"] = _vmhost.stop_qemu(self.paths, self.pid, 0)
             self.pid = None
         self.result["status"] = None
+        if self.record and self.record.volatile.get("taps") and not self.check_mode:
+            self.forget_volatile()
         if not self.params["keep_disks"]:
             for path in self.local_disk_paths():
                 if os.path.exists(path):
@@ -194,13 +211,14 @@ class VMLifecycle:
         return machine, accel
 
     def describe_disks(self, spec: VMSpec) -> list[dict[str, Any]]:
-        return [{"name": disk.name, "path": self.paths.disk(disk), "shared": disk.shared,
-                 "exists": os.path.exists(self.paths.disk(disk))} for disk in spec.disks]
+        return [{"name": disk.name, "path": self.paths.disk(disk), "shared": disk.shared, "kind": disk.kind,
+                 "exists": os.path.exists(self.paths.disk(disk))} for disk in spec.volumes]
 
     def local_disk_paths(self) -> list[str]:
+        """The local images this host may delete: never a block device, which belongs to the operator."""
         spec_raw = self.params.get("spec")
         if spec_raw:
-            return [self.paths.disk(disk) for disk in self.spec().local_disks]
+            return [self.paths.disk(disk) for disk in self.spec().local_volumes if disk.kind != "block"]
         prefix = f"{self.paths.vm}-"
         directory = self.paths.image_dir
         if not os.path.isdir(directory):
@@ -209,52 +227,98 @@ class VMLifecycle:
                 if entry.startswith(prefix) and entry.rsplit(".", 1)[-1] in ("qcow2", "raw")
                 and "-" not in entry[len(prefix):].rsplit(".", 1)[0]]
 
-    def create_missing_disks(self, spec: VMSpec) -> list[str]:
+    def ip(self) -> Program:
+        return self.task.program("ip", "install iproute2 (the VM has NICs)")
+
+    def firmware(self, qemu: Program, spec: VMSpec, machine: str) -> dict[str, Any]:
+        if spec.firmware != "uefi":
+            return {}
+        uefi = _firmware.find_uefi(machine, qemu.path)
+        if not uefi["found"]:
+            raise _vmhost.VMHostError(f"firmware uefi: {uefi['reason']}")
+        return uefi
+
+    def check_block_device(self, disk: Disk) -> None:
+        problem = _blockdev.problem(disk.path, disk.size_bytes, check_unused=True)
+        if problem:
+            raise _vmhost.VMHostError(f"disk {disk.name}: {problem}")
+
+    def check_devices(self, spec: VMSpec, accel: str) -> None:
+        """What QEMU would fail on with a less clear message, or silently get wrong (a tap name someone else took)."""
+        if spec.cdrom and not os.path.isfile(spec.cdrom):
+            raise _vmhost.VMHostError(f"CD-ROM image {spec.cdrom} not found on this host")
+        problems = _taps.host_problems(self.ip(), spec, accel) if spec.nics else []
+        if problems:
+            raise _vmhost.VMHostError("; ".join(problems))
+
+    def create_missing_disks(self, spec: VMSpec, uefi: dict[str, Any]) -> list[str]:
         created = []
-        for disk in spec.disks:
+        for disk in spec.volumes:
             path = self.paths.disk(disk)
-            if not os.path.exists(path):
+            if disk.kind == "block":
+                self.check_block_device(disk)
+            elif not os.path.exists(path):
                 if disk.shared:
                     raise _vmhost.VMHostError(f"shared disk {disk.name} not found at {path}")
-                self.create_image(path, disk)
+                if disk.kind == "nvram":
+                    self.create_nvram(path, uefi)
+                else:
+                    self.create_image(path, disk)
                 created.append(path)
         return created
 
+    def create_nvram(self, path: str, uefi: dict[str, Any]) -> None:
+        """The VM's own UEFI variable store, from the firmware's template, at its first start."""
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        partial = f"{path}.partial"
+        shutil.copyfile(uefi["vars_template"], partial)
+        os.chmod(partial, 0o600)
+        os.replace(partial, path)
+
     def fresh_local_disks(self, spec: VMSpec) -> list[str]:
-        """The target's local disks start empty, sized like the source's; shared ones must already be there."""
+        """The target's local volumes start empty, sized like the source's; shared ones and block devices must
+        already be there."""
         created = []
-        for disk in spec.disks:
+        for disk in spec.volumes:
             path = self.paths.disk(disk)
+            if disk.kind == "block":
+                self.check_block_device(disk)
+                continue
             if disk.shared:
                 if not os.path.exists(path):
                     raise _vmhost.VMHostError(f"shared disk {disk.name} is not visible on this host at {path}")
                 continue
             _files.remove(path)
-            self.create_image(path, disk, int(self.params["disk_sizes"].get(disk.name) or 0))
+            size = int(self.params["disk_sizes"].get(disk.name) or 0)
+            if disk.kind == "nvram" and not size:
+                raise _vmhost.VMHostError("the size of the source's UEFI variable store (disk_sizes.nvram) is needed")
+            self.create_image(path, disk, size)
             created.append(path)
         return created
 
     def create_image(self, path: str, disk: Disk, size: int = 0) -> None:
-        _qemuimg.create(self.task.tool("qemu-img"), path, disk.format, size or disk.size_mb * MIB)
+        _qemuimg.create(self.task.tool("qemu-img"), path, disk.format, size or disk.size_bytes)
 
     def copied_local_disks(self, spec: VMSpec) -> list[str]:
-        """The stateful path copies the disks before the target starts: use them as they are."""
-        missing = [disk.name for disk in spec.disks if not os.path.exists(self.paths.disk(disk))]
+        """The stateful path copies the volumes before the target starts: use them as they are."""
+        missing = [disk.name for disk in spec.volumes if not os.path.exists(self.paths.disk(disk))]
         if missing:
             raise _vmhost.VMHostError(f"keep_disks=true but these disks are missing on this host: {', '.join(missing)}")
         return []
 
     def launch(self, qemu: Program, spec: VMSpec, machine: str, accel: str, incoming: bool,
-               created: list[str]) -> None:
-        argv = build_argv(spec, self.paths, qemu.path, machine, accel, incoming)
+               created: list[str], uefi: dict[str, Any]) -> None:
+        argv = build_argv(spec, self.paths, qemu.path, machine, accel, incoming, uefi.get("code"))
         self.result["argv"] = argv
+        taps: dict[str, str] = {}
         try:
             self.pid = _vmhost.start_qemu(qemu.runner, argv, self.paths)
+            taps = _taps.attach(self.ip(), spec) if spec.nics else {}
             with QMPSession(self.paths.qmp, connect_timeout=self.params["connect_timeout"]) as session:
                 self.result["status"] = session.execute("query-status")["status"]
-        except (_vmhost.VMHostError, QMPError):
+        except (_vmhost.VMHostError, _taps.TapError, QMPError):
             if self.pid:
-                _vmhost.kill_qemu(self.pid)
+                _vmhost.kill_qemu(self.pid)  # its taps go with it
                 self.pid = None
             _files.remove(*created)
             _vmhost.clean_run_files(self.paths)
@@ -262,4 +326,5 @@ class VMLifecycle:
         self.record = self.record or HostRecord(vm=self.paths.vm)
         self.record.machine, self.record.accel = machine, accel
         self.record.volatile = {"pid": self.pid, "qmp": self.paths.qmp, "job_qmp": self.paths.job_qmp,
-                                "serial": self.paths.serial}
+                                "serial": self.paths.serial, "taps": taps}
+        self.result["taps"] = taps

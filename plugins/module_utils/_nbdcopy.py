@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import signal
+import stat
 import time
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _files, _qemuimg
@@ -31,6 +32,23 @@ class NBDCopyError(LivemigError):
 
 def nbd_uri(host: str, port: int, export: str) -> str:
     return f"nbd://{f'[{host}]' if ':' in host else host}:{port}/{export}"
+
+
+def is_device(path: str) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def image_args(path: str, fmt: str, size: int | None) -> list[str]:
+    """How qemu-img and qemu-nbd open one side of the copy: a file by its format; a block device as raw, cut to the
+    disk's size, since the device may be larger than the disk (and than the other host's device)."""
+    if not is_device(path):
+        return ["-f", fmt, path]
+    if not size:
+        raise NBDCopyError(f"{path} is a block device: the size of the disk on it is needed")
+    return ["--image-opts", f"driver=raw,size={size},file.driver=host_device,file.filename={path.replace(',', ',,')}"]
 
 
 def round_up(size: int) -> int:
@@ -57,7 +75,7 @@ def check_destination(qemu_img: Program, path: str, fmt: str, size: int | None) 
 
 def finish_file(path: str, fmt: str, size: int | None, fsync: bool) -> None:
     # QEMU writes whole sectors: cut a raw file back to the exact size it was created for.
-    if fmt == "raw" and size is not None and os.path.getsize(path) != size:
+    if fmt == "raw" and size is not None and not is_device(path) and os.path.getsize(path) != size:
         os.truncate(path, size)
     if fsync:
         _files.fsync(path)
@@ -66,7 +84,7 @@ def finish_file(path: str, fmt: str, size: int | None, fsync: bool) -> None:
 # -- the receiving server ------------------------------------------------------------------------
 
 def start_server(qemu_nbd: Program, path: str, fmt: str, address: str, port: int, export: str,
-                 pidfile: str) -> tuple[int, int]:
+                 pidfile: str, size: int | None = None) -> tuple[int, int]:
     """Start a daemonized one-shot qemu-nbd; it listens when this returns. Returns (pid, port)."""
     os.makedirs(os.path.dirname(pidfile), mode=0o700, exist_ok=True)
 
@@ -74,7 +92,8 @@ def start_server(qemu_nbd: Program, path: str, fmt: str, address: str, port: int
         _files.remove(pidfile)
         # Not --persistent: the server exits once its one client disconnects, and flushes the image as it closes.
         result = run_tool(qemu_nbd, "--fork", "--pid-file", pidfile, "--bind", address, "--port", str(chosen),
-                          "--export-name", export, "--format", fmt, "--cache=writeback", path, error=NBDCopyError)
+                          "--export-name", export, "--cache=writeback", *image_args(path, fmt, size),
+                          error=NBDCopyError)
         if result.rc != 0:
             raise NBDCopyError(f"qemu-nbd cannot serve {path} on {address}:{chosen}: {stderr_tail(result)}")
         return _read_pid(pidfile)
@@ -118,11 +137,14 @@ def wait_server_exit(server: dict, timeout: float) -> bool:
 
 # -- the sender ----------------------------------------------------------------------------------
 
-def send(qemu_img: Program, src: str, src_format: str, uri: str, force_share: bool, timeout: float) -> float:
-    """Write the source's data, and only its data, into the NBD export. Returns the seconds it took."""
+def send(qemu_img: Program, src: str, src_format: str, uri: str, force_share: bool, timeout: float,
+         src_size: int | None = None, target_is_zero: bool = True) -> float:
+    """Write the source's data into the NBD export: only its data into an empty destination, its zeros too into one
+    that holds old data (a block device). Returns the seconds it took."""
     started = time.monotonic()
-    result = run_tool(qemu_img, "convert", "-n", "--target-is-zero", "-f", src_format, "-O", "raw",
-                      *(["-U"] if force_share else []), src, uri, timeout=timeout, error=NBDCopyError)
+    *source_options, source = image_args(src, src_format, src_size)
+    result = run_tool(qemu_img, "convert", "-n", *(["--target-is-zero"] if target_is_zero else []), *source_options,
+                      "-O", "raw", *(["-U"] if force_share else []), source, uri, timeout=timeout, error=NBDCopyError)
     if result.rc != 0:
         raise NBDCopyError(f"copying {src} to {uri} failed: {stderr_tail(result)}. Check that the "
                            "receiving host listens for this copy (state=listening) and is reachable from here, that "

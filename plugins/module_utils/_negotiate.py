@@ -13,7 +13,10 @@ from typing import Any
 from ansible_collections.livemig.qemu.plugins.module_utils._convergence import POLICIES
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
+from ansible_collections.livemig.qemu.plugins.module_utils._placement import (
+    ANNOUNCE_DEFAULTS, announce_plan, cdrom_plan, check_announce, firmware_problems, room_problems)
 from ansible_collections.livemig.qemu.plugins.module_utils._situation import refusal, situation
+from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import VMSpec, parse_spec
 
 METHODS = ("live-shared", "live-mirror", "stateful", "cold")
 CHOICES = ("auto", "live", "stateful", "cold")
@@ -35,7 +38,7 @@ POLICY_KEYS = ("methods", "deny_capabilities")
 WISH_DEFAULTS: dict[str, Any] = {"method": "auto", "allow_fallback": True, "allow_cold": False,
                                  "capabilities": [], "capabilities_allow": list(OPTIONAL), "capabilities_deny": [],
                                  "multifd_channels": 0, "multifd_compression": "none", "xbzrle_cache_mb": 0,
-                                 "convergence": "defaults", "allow_postcopy": False}
+                                 "convergence": "defaults", "allow_postcopy": False, **ANNOUNCE_DEFAULTS}
 
 
 class PlanError(LivemigError, ValueError):
@@ -73,6 +76,10 @@ def check_wishes(raw: dict[str, Any] | None) -> dict[str, Any]:
         if strange:
             raise PlanError(f"livemig_{key}: unknown capabilities {strange}; known: {', '.join(OPTIONAL)}")
         wishes[key] = names
+    try:
+        wishes.update(check_announce(wishes))
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
     return wishes
 
 
@@ -147,24 +154,41 @@ def accel_problem(target: dict[str, Any], accel: str) -> str | None:
     return None
 
 
-def disk_actions(spec: dict[str, Any], storage: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Per disk: shared (the same file on both hosts) or local (to mirror or copy); and blocking problems."""
+def disk_actions(spec: VMSpec, storage: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per volume: shared (the same on both hosts) or local (to mirror or copy); and blocking problems.
+
+    A file is shared when the target finds the source's token next to its image. A block device has no room for a
+    token: it is shared only when declared so (a SAN LUN both hosts see), which is trusted.
+    """
     disks, problems = [], []
-    for disk in spec.get("disks") or []:
-        name, disk_format = disk["name"], disk.get("format", "qcow2")
+    for disk in spec.volumes:
+        name = disk.name
+        entry = {"name": name, "format": disk.format, "kind": disk.kind}
         same_file = bool((storage.get(name) or {}).get("same_file"))
-        declared = bool(disk.get("shared"))
-        if declared and not same_file:
-            problems.append(f"disk {name} is declared shared but is not the same file on both hosts "
+        what = {"block": f"disk {name} (block device {disk.path})", "nvram": "the UEFI variable store"}.get(
+            disk.kind, f"disk {name}")
+        if disk.kind == "block":
+            local_reason = f"{what} is local to each host"
+            disks.append({**entry, "shared": disk.shared,
+                          "reason": f"{what} is declared shared, no copy needed" if disk.shared else local_reason})
+        elif disk.shared and not same_file:
+            problems.append(f"{what} is declared shared but is not the same file on both hosts "
                             "(the source's token file was not found next to the target's image)")
-            disks.append({"name": name, "format": disk_format, "shared": False, "reason": "declared shared, not shared"})
+            disks.append({**entry, "shared": False, "reason": "declared shared, not shared"})
         elif same_file:
-            why = "is shared" if declared else "is the same file on both hosts (shared storage detected)"
-            disks.append({"name": name, "format": disk_format, "shared": True, "reason": f"disk {name} {why}, no copy needed"})
+            why = "is shared" if disk.shared else "is the same file on both hosts (shared storage detected)"
+            disks.append({**entry, "shared": True, "reason": f"{what} {why}, no copy needed"})
         else:
-            disks.append({"name": name, "format": disk_format, "shared": False,
-                          "reason": f"disk {name} is local to the source"})
+            disks.append({**entry, "shared": False, "reason": f"{what} is local to the source"})
     return disks, problems
+
+
+def plan_spec(spec: dict[str, Any], parsed: VMSpec, shared_by_name: dict[str, bool]) -> dict[str, Any]:
+    """The spec both hosts' modules get: every volume says whether it is shared, as found out for this move."""
+    result = {**spec, "disks": [{**disk, "shared": shared_by_name[disk["name"]]} for disk in spec.get("disks") or []]}
+    if parsed.firmware == "uefi":
+        result["nvram"] = {"shared": shared_by_name["nvram"]}
+    return result
 
 
 def supported(source: dict[str, Any], target: dict[str, Any]) -> dict[str, set[str]]:
@@ -251,15 +275,22 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
     source, target = request["source"], request["target"]
     wishes = check_wishes(request.get("wishes"))
     policies = {side["name"]: check_policy(side["name"], side.get("policy")) for side in (source, target)}
+    parsed = parse_spec(vm, spec)
+    checks = request.get("host_checks") or {}
+    source_check, target_check = checks.get("source") or {}, checks.get("target") or {}
     running = _vm_on(source, vm)
     pinned_machine, pinned_accel = running.get("machine"), running.get("accel")
-    disks, storage_problems = disk_actions(spec, request.get("storage") or {})
+    disks, storage_problems = disk_actions(parsed, request.get("storage") or {})
     local = [disk["name"] for disk in disks if not disk["shared"]]
     shared_by_name = {disk["name"]: disk["shared"] for disk in disks}
     usable, unusable = capabilities(source, target, wishes, policies)
     have = supported(source, target)
 
-    common = list(storage_problems)
+    common = list(storage_problems) + list(target_check.get("problems") or [])
+    cdrom, cdrom_problems = cdrom_plan(parsed, source_check, target_check, target["name"])
+    common += cdrom_problems
+    firmware_keep, firmware_cold = firmware_problems(parsed, source_check, target_check, target["name"])
+    room = room_problems(parsed, local, source_check, target_check, target["name"], cdrom)
     available = target["facts"].get("memory", {}).get("available_mb")
     if available is not None and int(spec["memory_mb"]) > available:
         common.append(f"the VM needs {spec['memory_mb']} MiB of memory but {target['name']} has only "
@@ -268,7 +299,7 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
         f"{target['name']} has no migration address (set livemig_migration_address)"]
 
     # Live and stateful keep the running guest, so its ABI is pinned: same machine type, accelerator, CPU.
-    keep_guest = list(common)
+    keep_guest = list(common) + firmware_keep
     if not pinned_machine or find_machine(target["facts"], pinned_machine) != pinned_machine:
         keep_guest.append(f"{_qemu(target)} has no machine type {pinned_machine}")
     for problem in (accel_problem(target, pinned_accel or "tcg"), cpu_problem(target, spec["cpu_model"], True)):
@@ -285,13 +316,14 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
             mirror.append(f"{_qemu(source)} lacks the {cap} capability (needed to finish the disk mirrors)")
     reasons = {
         "live-shared": live + [f"disk {name} is local" for name in local],
-        "live-mirror": mirror + ([] if local else ["no local disk to mirror (all disks are shared)"]),
-        "stateful": keep_guest + no_address,
+        "live-mirror": mirror + room["images"] + ([] if local else ["no local disk to mirror (all disks are shared)"]),
+        "stateful": keep_guest + no_address + room["images"] + room["state"],
     }
     cold_machine = find_machine(target["facts"], spec["machine"])
     cold_accel = spec.get("accel", "auto")
     cold_accel = target["facts"].get("auto_accel", "tcg") if cold_accel == "auto" else cold_accel
-    cold = list(common) + (no_address if local else [])
+    copies_something = bool(local) or bool(cdrom and cdrom["action"] == "copy")
+    cold = list(common) + firmware_cold + room["images"] + (no_address if copies_something else [])
     if not cold_machine:
         cold.append(f"{_qemu(target)} has no machine type {spec['machine']}")
     for problem in (accel_problem(target, cold_accel), cpu_problem(target, spec["cpu_model"], False)):
@@ -327,6 +359,7 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
                         "machine": abi[method][0], "accel": abi[method][1]}
                for method in METHODS}
     live_chosen = chosen in ("live-shared", "live-mirror")
+    announce = announce_plan(parsed, wishes)
     enabled, parameters = enabled_features(source, target, wishes, usable, unusable)
     source_caps = sorted(set(REQUIRED_BOTH) | set(enabled)
                          | (set(REQUIRED_SOURCE_MIRROR) if chosen == "live-mirror" else set()))
@@ -349,10 +382,16 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
         "capabilities": {"source": source_caps if live_chosen else [],
                          "target": target_caps if live_chosen else [],
                          "usable": usable, "unusable": unusable},
-        "parameters": parameters if live_chosen else {"source": {}, "target": {}},
+        "parameters": {"source": parameters["source"], "target": {**parameters["target"], **announce["parameters"]}}
+        if live_chosen else {"source": {}, "target": {}},
         "transport": _transport(chosen, target, source, bool(local)),
-        "spec": {**spec, "disks": [{**disk, "shared": shared_by_name[disk["name"]]} for disk in spec.get("disks") or []]},
+        "spec": plan_spec(spec, parsed, shared_by_name),
         "local_disks": local,
+        "cdrom": cdrom,
+        "cdrom_copy": [{"label": "cdrom", "source": cdrom["path"], "target": cdrom["path"], "format": "raw",
+                        "size": cdrom["size"], "kind": "file"}] if cdrom and cdrom["action"] == "copy" else [],
+        "firmware": parsed.firmware,
+        "announce": announce,
         "target_address": target.get("address"),
         "state_files": {"source": state_file(vm, source), "target": state_file(vm, target)},
     }
@@ -379,10 +418,10 @@ def copies(plan: dict[str, Any], source_storage: dict[str, Any], storage: dict[s
     source's virtual size (source_storage is qemu_storage_check's `marked` result, storage its `checked` one)."""
     if plan["family"] not in ("stateful", "cold"):
         return []
-    formats = {disk["name"]: disk["format"] for disk in plan["disks"]}
+    volumes = {disk["name"]: disk for disk in plan["disks"]}
     found = {name: (source_storage.get(name) or {}, storage.get(name) or {}) for name in plan["local_disks"]}
-    return [{"label": name, "source": there.get("path"), "target": here.get("path"), "format": formats[name],
-             "size": there.get("virtual_size")} for name, (there, here) in found.items()]
+    return [{"label": name, "source": there.get("path"), "target": here.get("path"), "format": volumes[name]["format"],
+             "size": there.get("virtual_size"), "kind": volumes[name]["kind"]} for name, (there, here) in found.items()]
 
 
 def receivers(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -415,6 +454,7 @@ def summary(plan: dict[str, Any]) -> list[str]:
         lines = [f"{head}: {plan['method']}",
                  f"  machine {plan['machine']}, CPU {plan['cpu_model']}, accel {plan['accel']}"]
         lines += [f"  disk {disk['name']}: {disk['action']} ({disk['reason']})" for disk in plan["disks"]]
+        lines += device_lines(plan)
         if plan["capabilities"]["source"]:
             lines.append(f"  capabilities: source {', '.join(plan['capabilities']['source'])}; "
                          f"target {', '.join(plan['capabilities']['target'])}")
@@ -431,6 +471,24 @@ def summary(plan: dict[str, Any]) -> list[str]:
         lines.append(f"  {method}: " + ("possible, " if verdict["possible"] else "rejected: ") + "; ".join(why)
                      if why else f"  {method}: possible, not needed")
     lines += [f"  {reason}" for reason in plan["capabilities"]["unusable"].values()]
+    return lines
+
+
+def device_lines(plan: dict[str, Any]) -> list[str]:
+    """The plan's lines for the CD-ROM, the firmware and the NICs with their announcement."""
+    lines = []
+    if plan["cdrom"]:
+        lines.append(f"  CD-ROM {plan['cdrom']['path']}: {plan['cdrom']['action']} ({plan['cdrom']['reason']})")
+    if plan["firmware"] == "uefi":
+        lines.append("  firmware: UEFI; the variable store moves with the disks")
+    announce = plan["announce"]
+    for nic in announce["nics"]:
+        lines.append(f"  NIC {nic['name']}: {nic['mac']} on bridge {nic['bridge']}")
+    if announce["nics"] and plan["family"] in ("live", "stateful"):
+        timing = announce["self"]
+        lines.append(f"  announce: {timing['rounds']} rounds of RARP from the target as the guest resumes, again "
+                     "with announce-self at the hand-over" if announce["enabled"]
+                     else "  announce: off (the network learns the new port from the guest's own traffic)")
     return lines
 
 

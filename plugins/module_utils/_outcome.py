@@ -87,6 +87,30 @@ def _cold(steps: dict[str, Any]) -> dict[str, Any]:
 FIGURES = {"live": _live, "stateful": _stateful, "cold": _cold}
 
 
+def _ran(step: Any) -> bool:
+    """A registered result of a task that ran (not one skipped by its condition, not left out)."""
+    return isinstance(step, dict) and bool(step) and not step.get("skipped")
+
+
+def announcement(plan: dict[str, Any], announced: Any) -> dict[str, Any] | None:
+    """How the target announced the guest's MACs: the rounds QEMU sent as the guest resumed, and announce-self."""
+    announce = plan.get("announce") or {}
+    if not announce.get("nics"):
+        return None
+    family = plan.get("family")
+    on_resume = (announce.get("parameters") or {}).get("announce-rounds", 0) if family in ("live", "stateful") else 0
+    return {"enabled": bool(announce.get("enabled")) and family in ("live", "stateful"),
+            "macs": [nic["mac"] for nic in announce["nics"]], "rounds_on_resume": on_resume,
+            "announce_self": _ran(announced)}
+
+
+def guest_agent(ping: Any) -> dict[str, Any] | None:
+    """The guest agent's answer on the target after the move, when the VM has an agent."""
+    if not _ran(ping):
+        return None
+    return {"answered": bool(ping.get("answered")), "answer_ms": ping.get("answer_ms"), "msg": ping.get("msg")}
+
+
 def build_result(steps: dict[str, Any], plan: dict[str, Any], started: Any, finished: Any) -> dict[str, Any]:
     """livemig_result: the method's figures, then who moved where, the plan, the times and the guest's freeze."""
     family = plan.get("family")
@@ -100,7 +124,8 @@ def build_result(steps: dict[str, Any], plan: dict[str, Any], started: Any, fini
     frozen = round((_float(resume) - _float(stop)) * 1000, 1) if stop and resume else None
     return {**figures, "vm": plan["vm"], "source": plan["source"], "target": plan["target"],
             "method": plan["method"], "plan": plan["summary"], "started": _float(started), "finished": finished,
-            "frozen_ms": frozen}
+            "frozen_ms": frozen, "announce": announcement(plan, steps.get("announced")),
+            "guest_agent": guest_agent(steps.get("guest_ping"))}
 
 
 def result_line(result: dict[str, Any]) -> str:
@@ -117,6 +142,14 @@ def result_line(result: dict[str, Any]) -> str:
                  f"{stats['passes']} passes")
     if method == "stateful":
         text += f", state file {round(_int(result['state_bytes']) / MIB, 1)} MiB"
+    announce, agent = result.get("announce"), result.get("guest_agent")
+    if announce:
+        text += (f", MACs announced ({announce['rounds_on_resume']} rounds on resume"
+                 f"{' + announce-self' if announce['announce_self'] else ''})" if announce["enabled"]
+                 else ", MACs not announced")
+    if agent:
+        text += f", guest agent answered after {agent['answer_ms']} ms" if agent["answered"] else \
+            ", guest agent did not answer"
     return (f"{result['vm']} now runs on {result['target']} ({method}): {text},\n"
             f"disks {round(_int(result['disk_bytes']) / MIB, 1)} MiB written, "
             f"{round(_float(result['finished']) - _float(result['started']), 1)} s in all.")

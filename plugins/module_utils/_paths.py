@@ -7,6 +7,7 @@ own; nothing here is ever copied between hosts.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,21 @@ def mirror_job(node: str) -> str:
 def mirror_target(node: str) -> str:
     """The NBD client node a mirror of `node` writes into."""
     return f"livemig-nbd-{node}"
+
+
+def nic_id(nic: str) -> str:
+    """The guest NIC's device id, which is also its net client name (announce-self's `interfaces`)."""
+    return f"net-{nic}"
+
+
+def netdev_id(nic: str) -> str:
+    return f"nd-{nic}"
+
+
+def tap_name(vm: str, nic: str) -> str:
+    """The tap a NIC's QEMU opens on its host: the same name on every host, so a host can check before the VM comes
+    that the name is free; at most 15 characters, the kernel's limit."""
+    return "lm" + hashlib.sha256(f"{vm}/{nic}".encode()).hexdigest()[:12]
 
 
 EXPORT_PREFIX = "livemig-export-"
@@ -65,13 +81,17 @@ class VMPaths:
         return cls(vm, images, run_dir, state_dir or images, shared_dir or None)
 
     def disk(self, disk: Any) -> str:
-        """The image of a disk (anything with `name`, `format` and `shared`)."""
+        """The image of a disk (anything with `name`, `format`, `shared` and `path`): a block device's own path, else
+        a file in the shared or the image directory."""
+        if getattr(disk, "path", None):
+            return disk.path
         directory = self.shared_dir if disk.shared and self.shared_dir else self.image_dir
         return os.path.join(directory, f"{self.vm}-{disk.name}.{disk.format}")
 
     qmp = _run_file(".qmp")
     job_qmp = _run_file(".job.qmp", "A second monitor for long jobs, so they never block the main one.")
     serial = _run_file(".serial")
+    guest_agent = _run_file(".qga", "The guest agent's channel (virtio-serial port org.qemu.guest_agent.0).")
     pidfile = _run_file(".pid")
     log = _run_file(".log")
     progress = _run_file(".progress.json", "The latest sample of a migration from this host, rewritten every "
@@ -92,6 +112,7 @@ class VMPaths:
 
     @property
     def sockets(self) -> tuple[str, ...]:
+        """The sockets every VM has (a VM with a guest agent also has `guest_agent`)."""
         return (self.qmp, self.job_qmp, self.serial)
 
 

@@ -103,14 +103,25 @@ class QMPSession:
 
     ATTEMPT_TIMEOUT = 5.0
 
-    def __init__(self, path: str, connect_timeout: float = 10.0, command_timeout: float = 30.0):
+    def __init__(self, path: str, connect_timeout: float = 10.0, command_timeout: float = 30.0,
+                 guest_agent: bool = False):
+        """`guest_agent`: the socket is a guest agent's channel, which speaks the same JSON commands without QMP's
+        greeting and capability negotiation."""
         if QMP_IMPORT_ERROR is not None:
             raise QMPError("the Python library qemu.qmp is not installed on this host")
         self.path = path
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
+        self.guest_agent = guest_agent
         self._loop = asyncio.new_event_loop()
-        self.client = QMPClient("livemig")
+        self.client = self._new_client()
+
+    def _new_client(self) -> QMPClient:
+        client = QMPClient("livemig")
+        if self.guest_agent:
+            client.await_greeting = False
+            client.negotiate = False
+        return client
 
     def run(self, coroutine: Any, timeout: float) -> Any:
         """Run one coroutine of the client on this session's loop, bounded in time."""
@@ -140,7 +151,7 @@ class QMPSession:
             self._loop.run_until_complete(self.client.disconnect())
         except Exception:  # pylint: disable=broad-except
             pass
-        self.client = QMPClient("livemig")
+        self.client = self._new_client()
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None,
                 timeout: float | None = None) -> Any:

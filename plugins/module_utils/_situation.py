@@ -114,7 +114,8 @@ def after_failure(result: dict[str, Any], plan: dict[str, Any], target_facts: di
         "target_may_have_run": ran,
         "post_copy": post_copy,
         "clean_target": not ran,
-        "receivers": [] if ran else list(plan["receivers"]),
+        "receivers": [] if ran else [*plan["receivers"], *({"label": copy["label"], "path": copy["target"]}
+                                                           for copy in plan.get("cdrom_copy") or [])],
         "cancel_source": not ran and method != "cold",
         "restart_source": not ran and method == "cold",
         "remove_source_state": not ran and method == "stateful",

@@ -17,8 +17,8 @@ from typing import Any
 from ansible_collections.livemig.qemu.plugins.module_utils import _files
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import (
-    ACTIVE, UNLIMITED_BANDWIDTH, cancel, resume_if_paused, run_state, set_capabilities, settled_state, undo,
-    with_notes)
+    ACTIVE, UNLIMITED_BANDWIDTH, cancel, check_request, resume_if_paused, run_state, set_capabilities, settled_state,
+    undo, with_notes)
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession, event_time
 from ansible_collections.livemig.qemu.plugins.module_utils._schema import schema_features
 
@@ -167,8 +167,10 @@ def _rollback(session: QMPSession, failure: Exception, path: str, was_running: b
 
 # -- restore ---------------------------------------------------------------------------------
 
-def restore_state(session: QMPSession, path: str, timeout: float, resume: bool = True) -> dict[str, Any]:
-    """Load `path` into this QEMU (started with -incoming defer); then `cont` when `resume`.
+def restore_state(session: QMPSession, path: str, timeout: float, resume: bool = True,
+                  parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load `path` into this QEMU (started with -incoming defer), with migration `parameters` set first; then `cont`
+    when `resume`.
 
     On failure this QEMU holds no usable VM: the caller removes it.
     """
@@ -183,6 +185,7 @@ def restore_state(session: QMPSession, path: str, timeout: float, resume: bool =
         raise StateFileError(f"the state file {path} does not exist (or is not a regular file)", False)
     if os.path.getsize(path) == 0:
         raise StateFileError(f"the state file {path} is empty", False)
+    parameters = check_request(session, [], parameters or {})
     transport = "file" if supports_file_uri(session) else "exec"
     arguments: dict[str, Any] = {"channels": _file_channel(path)} if transport == "file" \
         else {"uri": f"exec:cat {shlex.quote(path)}"}
@@ -193,6 +196,8 @@ def restore_state(session: QMPSession, path: str, timeout: float, resume: bool =
     with session.subscribe(("MIGRATION", "RESUME")) as events:
         try:
             set_capabilities(session, ["events"])  # a state file carries no post-copy or multifd
+            if parameters:
+                session.execute("migrate-set-parameters", parameters)
             session.execute("migrate-incoming", arguments)
             if (end := _wait_migration(session, events, started + timeout, seen)) != "completed":
                 raise _failure(session, end)

@@ -48,11 +48,17 @@ def run(task: Task) -> dict[str, Any]:
     token = task.params["token"] if state == "checked" else secrets.token_hex(16)
     changed = False
     disks = {}
-    for disk in spec.disks:
+    for disk in spec.volumes:
         image = paths.disk(disk)
         marker = token_path(image)
         info: dict[str, Any] = {"path": image, "exists": os.path.exists(image)}
-        if state == "marked" and info["exists"]:
+        if disk.kind == "block":
+            # No room for a token beside a device node: a block device's sharing is declared, not detected.
+            if state == "marked":
+                info["virtual_size"] = disk.size_bytes
+            elif state == "checked":
+                info["same_file"] = False
+        elif state == "marked" and info["exists"]:
             qemu_img = task.tool("qemu-img")
             try:
                 info["virtual_size"] = _qemuimg.virtual_size(qemu_img, image)

@@ -50,7 +50,7 @@ def vm_status(paths: VMPaths, timeout: float = 10.0) -> str | None:
 
 
 def clean_run_files(paths: VMPaths) -> None:
-    _files.remove(*paths.sockets, paths.pidfile, paths.progress)
+    _files.remove(*paths.sockets, paths.guest_agent, paths.pidfile, paths.progress)
 
 
 def start_qemu(run: Runner, argv: list[str], paths: VMPaths, timeout: float = 120.0) -> int:
@@ -67,8 +67,9 @@ def start_qemu(run: Runner, argv: list[str], paths: VMPaths, timeout: float = 12
     if result.rc != 0:
         clean_run_files(paths)
         raise VMHostError(f"QEMU failed to start: {result.stderr.strip()}")
-    for path in paths.sockets:
-        os.chmod(path, 0o600)  # QEMU's -daemonize resets the umask
+    for path in (*paths.sockets, paths.guest_agent):
+        if os.path.exists(path):  # the guest agent's only when the VM has one
+            os.chmod(path, 0o600)  # QEMU's -daemonize resets the umask
     pid = running_pid(paths)
     if pid is None:
         raise VMHostError(f"QEMU started but left no live pid in {paths.pidfile}")

@@ -1,27 +1,38 @@
 # Copyright: livemig.qemu contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""VM spec (the inventory's description of a VM) -> validated spec, host paths and QEMU argv.
+"""VM spec (the inventory's description of a VM) -> a validated VMSpec.
 
-Private to the livemig.qemu collection. The same spec, machine type and
-accelerator give the same guest ABI on every host: versioned machine type,
-named CPU model, fixed device ids and PCI addresses.
+Private to the livemig.qemu collection. Everything that must be the same on every host (the guest's ABI: machine,
+CPU, devices, MAC addresses) is fixed here; what differs per host (paths, tap names) is derived elsewhere.
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
-from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths, device_id, file_node, node_name
 
 VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DISK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
+NIC_NAME = DISK_NAME
+MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+BRIDGE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 DISK_FORMATS = ("qcow2", "raw")
 ACCELS = ("auto", "kvm", "tcg")
-FIRST_DISK_SLOT = 0x08
+FIRMWARES = ("bios", "uefi")
+NIC_MODELS = ("virtio-net-pci", "e1000", "e1000e", "rtl8139")
+MAX_DISKS = 8
+MAX_NICS = 8
+MAX_QUEUES = 16
+# Names the collection gives its own block nodes: a user disk may not take them.
+NVRAM = "nvram"
+CDROM = "cdrom"
+RESERVED_DISK_NAMES = (NVRAM, CDROM)
+SPEC_KEYS = ("memory_mb", "vcpus", "machine", "cpu_model", "accel", "kernel", "initrd", "append", "disks",
+             "firmware", "nvram", "nics", "cdrom", "rng", "guest_agent")
 
 
 class SpecError(LivemigError, ValueError):
@@ -37,10 +48,32 @@ def check_vm_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class Disk:
+    """A volume of the VM. `kind` is file (an image in the host's image or shared dir), block (a block device at
+    `path`, the same path on every host) or nvram (the UEFI variable store, an image beside the disks)."""
     name: str
     size_mb: int
     format: str = "qcow2"
     shared: bool = False
+    path: str | None = None
+    kind: str = "file"
+
+    @property
+    def size_bytes(self) -> int:
+        return self.size_mb * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Nic:
+    name: str
+    bridge: str
+    mac: str
+    model: str = "virtio-net-pci"
+    mtu: int | None = None
+    queues: int = 1
+
+    @property
+    def virtio(self) -> bool:
+        return self.model.startswith("virtio")
 
 
 @dataclass(frozen=True)
@@ -55,13 +88,31 @@ class VMSpec:
     initrd: str | None = None
     append: str | None = None
     disks: tuple[Disk, ...] = field(default_factory=tuple)
+    firmware: str = "bios"
+    nvram_shared: bool = False
+    nics: tuple[Nic, ...] = field(default_factory=tuple)
+    cdrom: str | None = None
+    rng: bool = False
+    guest_agent: bool = False
+
+    @property
+    def volumes(self) -> tuple[Disk, ...]:
+        """Everything that holds the VM's data on a host: its disks, and with UEFI its variable store. A move
+        mirrors or copies each local one; the CD-ROM is read-only and not among them."""
+        if self.firmware != "uefi":
+            return self.disks
+        return (*self.disks, Disk(NVRAM, 0, "raw", self.nvram_shared, kind="nvram"))
+
+    @property
+    def local_volumes(self) -> tuple[Disk, ...]:
+        return tuple(volume for volume in self.volumes if not volume.shared)
 
     @property
     def local_disks(self) -> tuple[Disk, ...]:
         return tuple(disk for disk in self.disks if not disk.shared)
 
 
-def _positive_int(value: Any, what: str) -> int:
+def _positive_int(value: Any, what: str, maximum: int | None = None) -> int:
     if isinstance(value, bool):
         raise SpecError(f"{what} must be a positive integer, got {value!r}")
     try:
@@ -70,6 +121,8 @@ def _positive_int(value: Any, what: str) -> int:
         raise SpecError(f"{what} must be a positive integer, got {value!r}") from None
     if number <= 0 or str(number) != str(value).strip():
         raise SpecError(f"{what} must be a positive integer, got {value!r}")
+    if maximum is not None and number > maximum:
+        raise SpecError(f"{what} must be at most {maximum}, got {number}")
     return number
 
 
@@ -79,46 +132,134 @@ def _text(value: Any, what: str) -> str:
     return value
 
 
-def _disk(raw: Any, vm: str, index: int) -> Disk:
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"{what} must be true or false, got {value!r}")
+    return value
+
+
+def _absolute(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not os.path.isabs(value):
+        raise SpecError(f"{what} must be an absolute path, got {value!r}")
+    return value
+
+
+def _keys(raw: Any, known: tuple[str, ...], what: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
-        raise SpecError(f"VM {vm}: disks[{index}] must be a dict with name, size_mb, format, shared")
-    unknown = set(raw) - {"name", "size_mb", "format", "shared"}
+        raise SpecError(f"{what} must be a dict with keys {', '.join(known)}")
+    unknown = set(raw) - set(known)
     if unknown:
-        raise SpecError(f"VM {vm}: disks[{index}] has unknown keys {sorted(unknown)}")
+        raise SpecError(f"{what} has unknown keys {sorted(unknown)}; known: {', '.join(known)}")
+    return raw
+
+
+def _disk(raw: Any, vm: str, index: int) -> Disk:
+    raw = _keys(raw, ("name", "size_mb", "format", "shared", "path"), f"VM {vm}: disks[{index}]")
     name = raw.get("name")
     if not isinstance(name, str) or not DISK_NAME.fullmatch(name):
         raise SpecError(f"VM {vm}: disks[{index}].name {name!r} must match {DISK_NAME.pattern}")
-    disk_format = raw.get("format", "qcow2")
+    if name in RESERVED_DISK_NAMES:
+        raise SpecError(f"VM {vm}: disk name {name!r} is reserved (the collection uses "
+                        f"{' and '.join(RESERVED_DISK_NAMES)} itself); choose another name")
+    what = f"VM {vm}: disk {name}"
+    path = _absolute(raw["path"], f"{what}: path") if raw.get("path") is not None else None
+    disk_format = raw.get("format", "raw" if path else "qcow2")
     if disk_format not in DISK_FORMATS:
-        raise SpecError(f"VM {vm}: disk {name}: format must be one of {', '.join(DISK_FORMATS)}")
-    shared = raw.get("shared", False)
-    if not isinstance(shared, bool):
-        raise SpecError(f"VM {vm}: disk {name}: shared must be true or false")
-    return Disk(name, _positive_int(raw.get("size_mb"), f"VM {vm}: disk {name}: size_mb"), disk_format, shared)
+        raise SpecError(f"{what}: format must be one of {', '.join(DISK_FORMATS)}")
+    if path and disk_format != "raw":
+        raise SpecError(f"{what}: a disk on a block device (path) is raw; leave out format or set it to raw")
+    size_mb = _positive_int(raw.get("size_mb"), f"{what}: size_mb")
+    return Disk(name, size_mb, disk_format, _bool(raw.get("shared", False), f"{what}: shared"), path,
+                "block" if path else "file")
+
+
+def derived_mac(vm: str, nic: str) -> str:
+    """A MAC address that is the same on every host and every start: locally administered, unicast."""
+    digest = hashlib.sha256(f"livemig/{vm}/{nic}".encode()).digest()
+    return ":".join(f"{byte:02x}" for byte in ((digest[0] & 0xFC) | 0x02, *digest[1:6]))
+
+
+def _mac(value: Any, what: str) -> str:
+    mac = value.lower() if isinstance(value, str) else value
+    if not isinstance(mac, str) or not MAC.fullmatch(mac):
+        raise SpecError(f"{what}: mac {value!r} is not a MAC address like 52:54:00:12:34:56")
+    if int(mac[:2], 16) & 1:
+        raise SpecError(f"{what}: mac {value} is a multicast address; a NIC needs a unicast one "
+                        "(the lowest bit of the first byte clear)")
+    if mac == "00:00:00:00:00:00":
+        raise SpecError(f"{what}: mac 00:00:00:00:00:00 is not a usable address")
+    return mac
+
+
+def _nic(raw: Any, vm: str, index: int) -> Nic:
+    raw = _keys(raw, ("name", "bridge", "mac", "model", "mtu", "queues"), f"VM {vm}: nics[{index}]")
+    name = raw.get("name")
+    if not isinstance(name, str) or not NIC_NAME.fullmatch(name):
+        raise SpecError(f"VM {vm}: nics[{index}].name {name!r} must match {NIC_NAME.pattern}")
+    what = f"VM {vm}: NIC {name}"
+    bridge = raw.get("bridge")
+    if not isinstance(bridge, str) or not BRIDGE_NAME.fullmatch(bridge):
+        raise SpecError(f"{what}: bridge {bridge!r} must be the name of a bridge on the hosts "
+                        "(at most 15 characters)")
+    model = raw.get("model", "virtio-net-pci")
+    if model not in NIC_MODELS:
+        raise SpecError(f"{what}: unknown model {model!r}; use one of {', '.join(NIC_MODELS)}")
+    mac = _mac(raw["mac"], what) if raw.get("mac") is not None else derived_mac(vm, name)
+    mtu = _positive_int(raw["mtu"], f"{what}: mtu", 65535) if raw.get("mtu") is not None else None
+    queues = _positive_int(raw.get("queues", 1), f"{what}: queues", MAX_QUEUES)
+    if not model.startswith("virtio") and (mtu is not None or queues > 1):
+        raise SpecError(f"{what}: mtu and queues need the virtio-net-pci model, not {model}")
+    if mtu is not None and mtu < 68:
+        raise SpecError(f"{what}: mtu must be at least 68, got {mtu}")
+    return Nic(name, bridge, mac, model, mtu, queues)
+
+
+def _named(items: Any, vm: str, what: str, parse: Any, maximum: int, label: str) -> tuple[Any, ...]:
+    if items in (None, ""):
+        return ()
+    if not isinstance(items, list):
+        raise SpecError(f"VM {vm}: {what} must be a list")
+    if len(items) > maximum:
+        raise SpecError(f"VM {vm}: at most {maximum} {what}, got {len(items)}")
+    parsed = tuple(parse(item, vm, index) for index, item in enumerate(items))
+    if len({item.name for item in parsed}) != len(parsed):
+        raise SpecError(f"VM {vm}: {label} names must be unique")
+    return parsed
+
+
+def _nvram_shared(raw: Any, vm: str, firmware: str) -> bool:
+    if raw in (None, {}):
+        return False
+    if firmware != "uefi":
+        raise SpecError(f"VM {vm}: nvram is the UEFI variable store; it needs firmware: uefi")
+    return _bool(_keys(raw, ("shared",), f"VM {vm}: nvram").get("shared", False), f"VM {vm}: nvram.shared")
 
 
 def parse_spec(name: str, raw: Any) -> VMSpec:
     """Validate one livemig_vms entry; raise SpecError naming what to fix."""
     check_vm_name(name)
-    if not isinstance(raw, dict):
-        raise SpecError(f"VM {name}: its livemig_vms entry must be a dict")
-    known = {"memory_mb", "vcpus", "machine", "cpu_model", "accel", "kernel", "initrd", "append", "disks"}
-    unknown = set(raw) - known
-    if unknown:
-        raise SpecError(f"VM {name}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    raw = _keys(raw, SPEC_KEYS, f"VM {name}: its livemig_vms entry")
     for key in ("memory_mb", "vcpus", "machine", "cpu_model"):
         if raw.get(key) in (None, ""):
             raise SpecError(f"VM {name}: {key} is required")
     accel = raw.get("accel", "auto")
     if accel not in ACCELS:
         raise SpecError(f"VM {name}: accel must be one of {', '.join(ACCELS)}, got {accel!r}")
-    disks = tuple(_disk(item, name, i) for i, item in enumerate(raw.get("disks") or []))
-    if len({disk.name for disk in disks}) != len(disks):
-        raise SpecError(f"VM {name}: disk names must be unique")
+    firmware = raw.get("firmware", "bios")
+    if firmware not in FIRMWARES:
+        raise SpecError(f"VM {name}: firmware must be one of {', '.join(FIRMWARES)}, got {firmware!r}")
+    disks = _named(raw.get("disks"), name, "disks", _disk, MAX_DISKS, "disk")
+    devices = [disk.path for disk in disks if disk.path]
+    if len(set(devices)) != len(devices):
+        raise SpecError(f"VM {name}: two disks use the same block device")
+    nics = _named(raw.get("nics"), name, "nics", _nic, MAX_NICS, "NIC")
+    macs = [nic.mac for nic in nics]
+    twice = sorted({mac for mac in macs if macs.count(mac) > 1})
+    if twice:
+        raise SpecError(f"VM {name}: two NICs have the MAC address {twice[0]}; each NIC needs its own")
     for key in ("kernel", "initrd"):
-        path = raw.get(key)
-        if path is not None and (not isinstance(path, str) or not os.path.isabs(path)):
-            raise SpecError(f"VM {name}: {key} must be an absolute path, got {path!r}")
+        if raw.get(key) is not None:
+            _absolute(raw[key], f"VM {name}: {key}")
     if raw.get("initrd") and not raw.get("kernel"):
         raise SpecError(f"VM {name}: initrd needs kernel")
     return VMSpec(
@@ -132,55 +273,10 @@ def parse_spec(name: str, raw: Any) -> VMSpec:
         initrd=raw.get("initrd") or None,
         append=raw.get("append") or None,
         disks=disks,
+        firmware=firmware,
+        nvram_shared=_nvram_shared(raw.get("nvram"), name, firmware),
+        nics=nics,
+        cdrom=_absolute(raw["cdrom"], f"VM {name}: cdrom") if raw.get("cdrom") else None,
+        rng=_bool(raw.get("rng", False), f"VM {name}: rng"),
+        guest_agent=_bool(raw.get("guest_agent", False), f"VM {name}: guest_agent"),
     )
-
-
-def root_bus(machine: str) -> str:
-    return "pcie.0" if "q35" in machine else "pci.0"
-
-
-def _socket_chardev(chardev_id: str, path: str) -> str:
-    return f"socket,id={chardev_id},path={path},server=on,wait=off"
-
-
-def build_argv(spec: VMSpec, paths: VMPaths, binary: str, machine: str, accel: str,
-               incoming: bool = False) -> list[str]:
-    """The QEMU command line for this VM on this host.
-
-    `machine` must be a versioned machine type and `accel` a concrete
-    accelerator (kvm or tcg): both are pinned by whoever starts the VM.
-    """
-    argv = [
-        binary,
-        "-name", f"{spec.name},debug-threads=on",
-        "-machine", machine,
-        "-accel", accel,
-        "-cpu", spec.cpu_model,
-        "-smp", str(spec.vcpus),
-        "-m", f"{spec.memory_mb}M",
-        "-nodefaults", "-no-user-config", "-display", "none",
-        "-daemonize", "-pidfile", paths.pidfile,
-        "-D", paths.log, "-msg", "timestamp=on",
-        "-chardev", _socket_chardev("qmp", paths.qmp), "-mon", "chardev=qmp,mode=control",
-        "-chardev", _socket_chardev("qmp-job", paths.job_qmp), "-mon", "chardev=qmp-job,mode=control",
-        "-chardev", _socket_chardev("serial0", paths.serial), "-serial", "chardev:serial0",
-    ]
-    if spec.kernel:
-        argv += ["-kernel", spec.kernel]
-    if spec.initrd:
-        argv += ["-initrd", spec.initrd]
-    if spec.append:
-        argv += ["-append", spec.append]
-    for slot, disk in enumerate(spec.disks, start=FIRST_DISK_SLOT):
-        file_layer = file_node(disk.name)
-        argv += [
-            "-blockdev", json.dumps({"driver": "file", "filename": paths.disk(disk), "node-name": file_layer,
-                                     "discard": "unmap"}, sort_keys=True),
-            "-blockdev", json.dumps({"driver": disk.format, "file": file_layer, "node-name": node_name(disk.name)},
-                                    sort_keys=True),
-            "-device", json.dumps({"driver": "virtio-blk-pci", "drive": node_name(disk.name), "id": device_id(disk.name),
-                                   "bus": root_bus(machine), "addr": hex(slot)}, sort_keys=True),
-        ]
-    if incoming:
-        argv += ["-incoming", "defer"]
-    return argv

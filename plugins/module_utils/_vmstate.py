@@ -93,7 +93,8 @@ def _restored(job: _Job) -> dict[str, Any]:
             return job.done(True, f"would restore the VM state from {job.path}"
                             f"{' and resume the VM' if resume else ''}", status=status)
         try:
-            result = _statefile.restore_state(session, job.path, job.task.params["timeout"], resume)
+            result = _statefile.restore_state(session, job.path, job.task.params["timeout"], resume,
+                                              job.task.params["parameters"])
         except _statefile.StateFileError as exc:
             raise job.fail(f"{exc}; remove this QEMU", vm_running=exc.vm_running) from exc
     return job.done(True, f"restored the VM state from {job.path}", **result)

@@ -63,6 +63,8 @@ options:
       - Absolute path of the destination file on the receiving host.
       - An existing file is used only if it has the virtual size O(size) and holds no data; the copy skips the
         source's zero areas, so older data there would survive.
+      - A block device is served as it is, raw and cut to O(size), which it must hold; it is never created, replaced
+        or deleted, and the sender overwrites all of it (RV(zeroed) is V(false)).
       - Required for O(state=listening) and O(state=absent).
     type: path
   replace:
@@ -96,6 +98,17 @@ options:
     type: str
     choices: [qcow2, raw]
     default: qcow2
+  src_size:
+    description:
+      - When O(src) is a block device, the bytes from its start to send (the size of the disk on it, which may be
+        smaller than the device). Required for a block device.
+    type: int
+  target_is_zero:
+    description:
+      - The destination holds no data, so the source's zero areas need not be written. Pass the receiver's
+        RV(zeroed); V(false) for a block device, whose old content must be overwritten.
+    type: bool
+    default: true
   uri:
     description: The RV(uri) that O(state=listening) returned on the receiving host. Required for O(state=sent).
     type: str
@@ -181,6 +194,10 @@ port:
   returned: with O(state=listening), except in check mode when the server would be started
   type: int
   sample: 40711
+zeroed:
+  description: Whether the destination holds no data (an image this task created); V(false) for a block device.
+  returned: with O(state=listening), except in check mode when the server would be started
+  type: bool
 export:
   description: The server's export name.
   returned: with O(state=listening), except in check mode when the server would be started
@@ -229,6 +246,8 @@ def main() -> None:
         port={"type": "int", "default": 0},
         src={"type": "path"},
         src_format={"type": "str", "default": "qcow2", "choices": list(_nbdcopy.FORMATS)},
+        src_size={"type": "int"},
+        target_is_zero={"type": "bool", "default": True},
         uri={"type": "str"},
         force_share={"type": "bool", "default": False},
         timeout={"type": "float", "default": 3600},

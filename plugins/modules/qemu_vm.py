@@ -39,7 +39,17 @@ options:
       - The VM description. Required for O(state=running) and O(state=incoming).
       - Keys C(memory_mb), C(vcpus), C(machine), C(cpu_model), C(accel) (V(auto), V(kvm) or V(tcg); V(auto) is KVM
         when a KVM guest boots on this host, else TCG), optional C(kernel), C(initrd), C(append) (direct kernel boot),
-        and C(disks), a list of dicts with C(name), C(size_mb), C(format) (V(qcow2) or V(raw)), C(shared).
+        and C(disks), a list of at most 8 dicts with C(name), C(size_mb), C(format) (V(qcow2) or V(raw)), C(shared)
+        and C(path) (a block device, raw, never created or deleted).
+      - C(firmware) V(bios) (default) or V(uefi) (OVMF code read-only plus the VM's own variable store
+        C(<image_dir>/<name>-nvram.raw), copied from the firmware's template at the first start; C(nvram.shared)
+        puts it in the shared directory).
+      - C(nics), a list of at most 8 dicts with C(name), C(bridge), C(mac) (derived from the VM and NIC names when
+        left out), C(model) (V(virtio-net-pci), V(e1000), V(e1000e), V(rtl8139)), C(mtu) and C(queues) (virtio).
+        QEMU opens each NIC's tap (C(lm) + 12 hex digits, the same name on every host); this module puts it on the
+        bridge and up. The tap goes when the QEMU goes.
+      - C(cdrom), a read-only image; C(rng) (virtio-rng); C(guest_agent) (a virtio-serial channel for
+        qemu-guest-agent, C(<run_dir>/<name>.qga)).
     type: dict
   qemu_binary:
     description: QEMU system emulator to run, as O(host.qemu_binary) (which takes its place when O(host) is given).
@@ -84,6 +94,7 @@ options:
     default: 120
 requirements:
   - QEMU, O(qemu_binary) (Debian package qemu-system-x86), and qemu-img (Debian package qemu-utils) to create disks
+  - iproute2 (C(ip)) for VMs with NICs, OVMF (Debian package ovmf) for VMs with firmware uefi
 author:
   - livemig.qemu contributors (@livemig)
 """
@@ -150,6 +161,16 @@ sockets:
   description: Paths of the QMP monitor, the job monitor and the serial console.
   returned: always
   type: dict
+taps:
+  description: This host's tap of each NIC, by NIC name (a volatile key of this host's record, never another host's).
+  returned: when QEMU was started
+  type: dict
+  sample: {"lan": "lm3f9a01c2b7d4"}
+taps_removed:
+  description: Taps of this VM that outlived their QEMU and were removed.
+  returned: when QEMU was stopped or removed and the record listed taps
+  type: list
+  elements: str
 stopped_by:
   description: How QEMU ended (C(powerdown), C(quit) or C(kill)).
   returned: when QEMU was stopped

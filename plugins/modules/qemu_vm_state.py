@@ -50,6 +50,13 @@ options:
     description: With O(state=restored), start the VM once its state is loaded; V(false) leaves it paused.
     type: bool
     default: true
+  parameters:
+    description:
+      - With O(state=restored), migration parameters to set on this QEMU before it loads the state
+        (C(migrate-set-parameters)), for example the C(announce-*) timing with which it announces the guest's NICs
+        as the VM resumes.
+    type: dict
+    default: {}
 notes:
   - The file is one pass of RAM and device state taken with the VM stopped; disks are not in it. Copy the disks and the
     file to the target before O(state=restored), and start the target with the same machine type and devices.
@@ -148,6 +155,7 @@ def main() -> None:
             path={"type": "path"},
             timeout={"type": "float", "default": 3600},
             resume={"type": "bool", "default": True},
+            parameters={"type": "dict", "default": {}},
         ),
         _vmstate.run,
         supports_check_mode=True,

@@ -17,6 +17,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LAB_DIR = os.environ.get("LAB_DIR", "/var/lib/livemig-lab")
 HOSTS = ("hv1", "hv2")
 RING_BLOCKS = 4096
+GUEST_BRIDGE = "lmguest"  # the guest network's bridge, the same name on both lab hosts
+# Inside a lab host, /etc/livemig-blk is that host's own directory (lab/lab-up.sh): the same path holds another
+# file, or another block device, on each host.
+HOST_OWN_DIR = "/etc/livemig-blk"
 sys.path.insert(0, os.path.join(REPO, "tests", "guest"))
 import guestcheck  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -71,16 +75,24 @@ class Lab:
         self.host_vars: dict[str, dict] = {}
 
     def define_vm(self, name: str, workload: str = "light", disk_mb: int = 1024, memory_mb: int | None = None,
-                  machine: str = "q35", shared: bool = False) -> str:
+                  machine: str = "q35", shared: bool = False, more_disks: tuple = (), **devices) -> str:
+        """A VM of the tiny test guest; `more_disks` come after its root disk, `devices` are further spec keys
+        (nics, firmware, cdrom, rng, guest_agent)."""
         load = WORKLOADS[workload]
         self.vms[name] = {
             "memory_mb": memory_mb or load["memory_mb"], "vcpus": 1, "machine": machine, "cpu_model": "qemu64",
             "accel": "auto", "kernel": self.guest["kernel"], "initrd": self.guest["initrd"],
             "append": f"console=ttyS0 quiet loglevel=0 {load['append']} lm.ring_blocks={RING_BLOCKS}",
-            "disks": [{"name": "root", "size_mb": disk_mb, "format": "qcow2", "shared": shared}],
+            "disks": [{"name": "root", "size_mb": disk_mb, "format": "qcow2", "shared": shared}, *more_disks],
+            **devices,
         }
         self.write_inventory()
         return name
+
+    def update_vm(self, name: str, **spec) -> None:
+        """Change a VM's spec in the inventory (as an operator editing it would)."""
+        self.vms[name].update(spec)
+        self.write_inventory()
 
     def set_host_vars(self, host: str, **host_vars) -> None:
         """Override inventory variables of one lab host (e.g. an older QEMU binary); no arguments resets them."""
@@ -161,7 +173,7 @@ class Lab:
 
     def migrate(self, name: str, source: str, target: str, **extra) -> PlayResult:
         return self.play("migrate", livemig_vm=name, livemig_source=source, livemig_target=target,
-                         livemig_report_dir=self.workdir, livemig_keep_source_disks=True, **extra)
+                         livemig_report_dir=self.workdir, **{"livemig_keep_source_disks": True, **extra})
 
     def report(self, name: str) -> dict:
         reports = sorted(entry for entry in os.listdir(self.workdir) if entry.startswith(f"{name}-")
@@ -212,6 +224,13 @@ class Lab:
                     path = os.path.join(directory, entry)
                     found[path] = os.stat(path).st_mtime
         return found
+
+    def taps(self, host: str, bridge: str = GUEST_BRIDGE) -> set[str]:
+        """The taps on a lab host's guest bridge."""
+        done = subprocess.run(["ip", "-n", host, "-d", "-j", "link", "show", "master", bridge], capture_output=True,
+                              text=True, check=True)
+        return {link["ifname"] for link in json.loads(done.stdout or "[]")
+                if (link.get("linkinfo") or {}).get("info_kind") == "tun"}
 
     def remove(self, name: str) -> None:
         """End the VM's QEMUs (started by these tests) and delete its files on both hosts."""

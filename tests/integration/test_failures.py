@@ -8,6 +8,10 @@ import time
 
 from conftest import guestcheck, lab_path, link, precopy_running, wait_until, watched
 
+from ansible_collections.livemig.qemu.plugins.module_utils._paths import tap_name
+
+NIC = [{"name": "lan", "bridge": "lmguest"}]
+
 
 def assert_rolled_back(lab, tap, name: str, result, phase: str, since: float) -> None:
     assert result.failed, result.output
@@ -21,6 +25,9 @@ def assert_rolled_back(lab, tap, name: str, result, phase: str, since: float) ->
     assert lab.pid("hv2", name) is None, "the target QEMU (and its NBD server) must be gone"
     assert not os.path.exists(lab_path("hv2", "images", f"{name}-root.qcow2")), "partial disk left on hv2"
     assert lab.record("hv2", name) is None
+    if lab.vms[name].get("nics"):
+        assert lab.taps("hv1") == {tap_name(name, "lan")}, "the source keeps its own tap"
+        assert lab.taps("hv2") == set(), "the target's tap went with its QEMU"
     # The guest never noticed: heartbeats kept coming on hv1, memory intact.
     after = time.monotonic()
     tap.wait_for(r"^PC \d+ OK", label="hv1", timeout=60, since=after)
@@ -38,7 +45,7 @@ def run_in_background(function) -> threading.Thread:
 
 
 def test_target_killed_during_disk_mirror(lab, vm):
-    name = vm("light")
+    name = vm("light", nics=NIC)
     image = lab_path("hv1", "images", f"{name}-root.qcow2")
     lab.start(name, "hv1", prefill=False)
     with watched(lab, name, "hv1") as tap:
@@ -58,7 +65,7 @@ def test_target_killed_during_disk_mirror(lab, vm):
 
 
 def test_link_cut_during_ram_precopy(lab, vm):
-    name = vm("light")
+    name = vm("light", nics=NIC)
     lab.start(name, "hv1", prefill=False)
     restored = threading.Event()
     try:

@@ -23,15 +23,17 @@ MODULES = os.path.join(REPO, "plugins", "modules")
 
 
 def run_module(module: str, workdir, check_mode: bool = False, process_timeout: float = 60,
-               env: dict[str, str] | None = None, **args) -> dict:
+               env: dict[str, str] | None = None, prefix: tuple[str, ...] = (), **args) -> dict:
     """Run a module the way Ansible does: its own Python process, its arguments as ANSIBLE_MODULE_ARGS.
 
-    `env` overrides variables of the module's environment, for example PATH.
+    `env` overrides variables of the module's environment, for example PATH; `prefix` runs it through another
+    command, for example `ip netns exec NAME` to run it on a network namespace "host".
     """
     args_file = os.path.join(str(workdir), f"{module}-args.json")
     with open(args_file, "w", encoding="utf-8") as handle:
         json.dump({"ANSIBLE_MODULE_ARGS": {**args, "_ansible_check_mode": check_mode}}, handle)
-    done = subprocess.run([sys.executable, os.path.join(MODULES, f"{module}.py"), args_file], capture_output=True,
+    done = subprocess.run([*prefix, sys.executable, os.path.join(MODULES, f"{module}.py"), args_file],
+                          capture_output=True,
                           text=True, check=False, timeout=process_timeout,
                           env={**os.environ, "PYTHONPATH": COLLECTIONS, **(env or {})})
     assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
@@ -122,3 +124,22 @@ def guest_keeps_changing(session, address: int, unit: str = "b", timeout: float 
             return False
         time.sleep(0.01)
     return True
+
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """Make block devices (loop devices over sparse files of `size_mb`); they are detached at the end."""
+    attached = []
+
+    def make(size_mb: int, label: str = "blk") -> str:
+        backing = tmp_path / f"{label}.img"
+        with open(backing, "wb") as handle:
+            handle.truncate(size_mb << 20)
+        device = subprocess.run(["losetup", "--find", "--show", str(backing)], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        attached.append(device)
+        return device
+
+    yield make
+    for device in attached:
+        subprocess.run(["losetup", "-d", device], check=False)

@@ -231,3 +231,32 @@ def test_a_server_started_through_the_host_dict_is_found_through_the_options(cop
 
     assert copier.run(state="absent", label="root", path=dst)["changed"] is True
     assert not process_alive(listening["pid"]) and not pidfile.exists() and not os.path.exists(dst)
+
+
+def test_a_block_device_disk_is_copied_into_a_device_with_old_data_and_never_deleted(copier, loop_device):
+    """Source and target devices are larger than the disk; the target holds old data where the source has zeros.
+    Only the disk's size crosses, every byte of it, and neither device is created, replaced or removed."""
+    src, dst = loop_device(12, "src"), loop_device(16, "dst")
+    subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 1M", "-c", "write -P 0x77 9M 1M", src], check=True,
+                   capture_output=True)
+    subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0xee 0 16M", dst], check=True, capture_output=True)
+    listening = copier.listen("blk", dst, size=8 * MB, format="raw", replace=True)
+    assert listening["changed"] is True and listening["zeroed"] is False, listening
+    refused = copier.send(src, listening["uri"], src_format="raw", target_is_zero=False)
+    assert refused["failed"] is True and "src_size" in refused["msg"]
+    sent = copier.send(src, listening["uri"], src_format="raw", src_size=8 * MB, target_is_zero=False)
+    assert sent["changed"] is True and sent["virtual_size"] == 8 * MB, sent
+    assert copier.run(state="finished", label="blk")["changed"] is True
+    with open(dst, "rb") as handle:
+        copied = handle.read(16 * MB)
+    assert copied[:MB] == b"\x5a" * MB, "the data"
+    assert copied[MB:8 * MB] == bytes(7 * MB), "the source's zeros overwrote the old data"
+    assert copied[8 * MB:] == b"\xee" * 8 * MB, "nothing beyond the disk's size (the source's 9M write stays home)"
+    absent = copier.run(state="absent", label="blk", path=dst)
+    assert "the block device" in absent["msg"] and os.path.exists(dst)
+
+
+def test_a_block_device_too_small_for_the_disk_is_refused(copier, loop_device):
+    device = loop_device(4)
+    result = copier.listen("blk", device, size=8 * MB, format="raw")
+    assert result["failed"] is True and f"{device} has 4 MiB on this host, the disk needs 8 MiB" in result["msg"]

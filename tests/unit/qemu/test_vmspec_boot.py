@@ -11,7 +11,8 @@ import pytest
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPSession
 from ansible_collections.livemig.qemu.plugins.module_utils._state import process_alive
-from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import build_argv, parse_spec
+from ansible_collections.livemig.qemu.plugins.module_utils._qemuargv import build_argv
+from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import parse_spec
 
 QEMU = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
 

@@ -23,8 +23,12 @@ BAD_INPUTS = [
     ("plan of a list", lambda: migration_plan.migration_plan([]), "expects a dict"),
     ("plan without a target", lambda: migration_plan.migration_plan({"vm": "a", "spec": {}, "source": {}}),
      "missing target"),
-    ("plan with broken facts", lambda: migration_plan.migration_plan(
+    ("plan with an empty spec", lambda: migration_plan.migration_plan(
         {"vm": "a", "spec": {}, "source": {"name": "hv1", "facts": {}}, "target": {"name": "hv2", "facts": {}}}),
+     "VM a: memory_mb is required"),
+    ("plan with broken facts", lambda: migration_plan.migration_plan(
+        {"vm": "a", "spec": {"memory_mb": 64, "vcpus": 1, "machine": "q35", "cpu_model": "qemu64"},
+         "source": {"name": "hv1", "facts": {}}, "target": {"name": "hv2", "facts": {"machines": [[]]}}}),
      "malformed facts or spec"),
     ("KVM check without facts", lambda: migration_plan.migration_needs_kvm(None, "a", {}), "expects the source's"),
     ("rollback of a string", lambda: migration_after_failure.migration_after_failure("boom", {}, {}, "copy"),

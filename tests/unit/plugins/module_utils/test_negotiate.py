@@ -147,8 +147,8 @@ def test_methods_are_tried_in_order_and_only_when_allowed():
 def test_cold_resolves_the_spec_machine_on_the_target():
     plan = make_plan(request(target_facts=facts("7.2.0", QEMU_72), wishes={"allow_cold": True}))
     assert (plan["machine"], plan["accel"]) == ("pc-q35-7.2", "tcg")
-    assert plan["disks"] == [{"name": "root", "format": "qcow2", "shared": False, "action": "copy",
-                              "reason": "disk root is local to the source"}]
+    assert plan["disks"] == [{"name": "root", "format": "qcow2", "kind": "file", "shared": False,
+                              "action": "copy", "reason": "disk root is local to the source"}]
     assert plan["transport"] == {"kind": "restart", "copy": "nbd", "address": "198.18.0.102"}
 
 
@@ -317,9 +317,9 @@ CHECKED = {"root": {"path": "/img/b/web1-root.qcow2", "exists": False, "same_fil
            "data": {"path": "/img/b/web1-data.raw", "exists": False, "same_file": False},
            "iso": {"path": "/net/b/web1-iso.qcow2", "exists": True, "same_file": True}}
 COPIES = [{"label": "root", "source": "/img/a/web1-root.qcow2", "target": "/img/b/web1-root.qcow2",
-           "format": "qcow2", "size": 1 << 30},
+           "format": "qcow2", "size": 1 << 30, "kind": "file"},
           {"label": "data", "source": "/img/a/web1-data.raw", "target": "/img/b/web1-data.raw", "format": "raw",
-           "size": 64 << 20}]
+           "size": 64 << 20, "kind": "file"}]
 
 
 def copy_request(**wishes):
@@ -357,7 +357,7 @@ def test_state_files_and_target_address_come_from_each_host():
 def test_a_disk_missing_from_the_source_marks_has_no_size():
     plan = make_plan(request(wishes={"method": "cold"}, storage=CHECKED))
     assert plan["copies"] == [{"label": "root", "source": None, "target": "/img/b/web1-root.qcow2", "format": "qcow2",
-                               "size": None}]
+                               "size": None, "kind": "file"}]
 
 
 def test_every_method_names_its_machine_and_accel():

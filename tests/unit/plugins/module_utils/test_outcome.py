@@ -25,7 +25,7 @@ COPIES = {"results": [{"bytes_allocated": 2 * MIB, "seconds": 1.5}, {"bytes_allo
 STATEFUL = {"saved": SAVED, "restored": RESTORED, "copies": COPIES}
 COLD = {"stopped_at": 10.0, "resumed_at": 13.75, "shutdown": {"stopped_by": "powerdown"}, "copies": COPIES}
 COMMON = {"vm": "web1", "source": "hv1", "target": "hv2", "plan": ["web1: hv1 -> hv2"], "started": 5.0,
-          "finished": 20.25}
+          "finished": 20.25, "announce": None, "guest_agent": None}
 
 # Each row: method, family, steps, the expected livemig_result, the expected line.
 CASES = [
@@ -76,3 +76,29 @@ def test_steps_that_do_not_fit_are_named(steps, family, message):
     with pytest.raises(OutcomeError) as error:
         build_result(steps, plan("x", family), 0, 0)
     assert message in str(error.value)
+
+
+ANNOUNCE = {"enabled": True, "nics": [{"name": "lan", "mac": "52:54:00:00:00:01", "bridge": "br0", "id": "net-lan"}],
+            "parameters": {"announce-initial": 50, "announce-max": 550, "announce-rounds": 5, "announce-step": 100},
+            "self": {"initial": 50, "max": 550, "rounds": 5, "step": 100, "interfaces": ["net-lan"]}}
+
+
+def test_the_result_tells_the_announcement_and_the_agents_answer():
+    steps = {**LIVE, "announced": {"changed": True}, "guest_ping": {"answered": True, "answer_ms": 41, "msg": "ok"}}
+    result = build_result(steps, {**plan("live-mirror", "live"), "announce": ANNOUNCE}, "5.0", 20.25)
+    assert result["announce"] == {"enabled": True, "macs": ["52:54:00:00:00:01"], "rounds_on_resume": 5,
+                                  "announce_self": True}
+    assert result["guest_agent"] == {"answered": True, "answer_ms": 41, "msg": "ok"}
+    assert "MACs announced (5 rounds on resume + announce-self), guest agent answered after 41 ms" in \
+        result_line(result)
+
+
+def test_announcement_switched_off_and_a_silent_agent_are_told_too():
+    off = {**ANNOUNCE, "enabled": False, "parameters": {**ANNOUNCE["parameters"], "announce-rounds": 0}, "self": None}
+    steps = {**LIVE, "announced": {"skipped": True}, "guest_ping": {"answered": False, "msg": "no answer"}}
+    result = build_result(steps, {**plan("live-mirror", "live"), "announce": off}, "5.0", 20.25)
+    assert result["announce"] == {"enabled": False, "macs": ["52:54:00:00:00:01"], "rounds_on_resume": 0,
+                                  "announce_self": False}
+    assert "MACs not announced, guest agent did not answer" in result_line(result)
+    cold = build_result(COLD, {**plan("cold", "cold"), "announce": ANNOUNCE}, 5.0, 20.25)
+    assert cold["announce"]["enabled"] is False and cold["announce"]["rounds_on_resume"] == 0

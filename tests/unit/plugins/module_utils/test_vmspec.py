@@ -5,8 +5,8 @@ import json
 import pytest
 
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
-from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import (
-    Disk, SpecError, build_argv, check_vm_name, parse_spec, root_bus)
+from ansible_collections.livemig.qemu.plugins.module_utils._qemuargv import build_argv, root_bus
+from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import Disk, SpecError, check_vm_name, parse_spec
 
 QEMU = "/usr/bin/qemu-system-x86_64"  # build_argv only writes it into the command line
 
@@ -88,8 +88,8 @@ def test_parse_spec_accepts_known_accel(accel):
 
 
 def test_parse_spec_rejects_unknown_keys():
-    with pytest.raises(SpecError, match=r"unknown keys \['memory', 'nics'\]"):
-        parse_spec("vm1", raw_spec(memory=64, nics=[]))
+    with pytest.raises(SpecError, match=r"unknown keys \['memory', 'nic'\]"):
+        parse_spec("vm1", raw_spec(memory=64, nic=[]))
 
 
 def test_parse_spec_rejects_non_dict_entry():

@@ -64,4 +64,4 @@ def test_sending_needs_no_host(tmp_path):
     result = conftest.run_module("qemu_nbd_copy", tmp_path, check_mode=True, state="sent", src=str(tmp_path),
                                  uri="nbd://127.0.0.1:1/x")
     assert result["failed"] is True
-    assert result["msg"] == f"src {tmp_path} must be an absolute path to an existing file on this host"
+    assert result["msg"] == f"src {tmp_path} must be an absolute path to an existing file or block device on this host"
