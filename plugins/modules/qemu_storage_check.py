@@ -28,7 +28,11 @@ options:
     choices: [marked, checked, unmarked]
     required: true
   spec:
-    description: The VM description (one C(livemig_vms) entry); only its C(disks) are used.
+    description:
+      - The VM description (one C(livemig_vms) entry); only its C(disks) are used, and with C(firmware=uefi) its
+        variable store C(nvram).
+      - A disk on a block device (C(path)) gets no token (none fits beside a device node); it is reported with the
+        disk's size and as not the same file, since its sharing is declared, not detected.
     type: dict
     required: true
   token:
