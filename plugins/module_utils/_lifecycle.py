@@ -137,7 +137,7 @@ class VMLifecycle:
         qemu = self.task.qemu()
         uefi = self.firmware(qemu, spec, self.params["machine"])
         self.check_devices(spec, self.params["accel"])
-        created = self.copied_local_disks(spec) if self.params["keep_disks"] else self.fresh_local_disks(spec)
+        created = self.copied_local_disks(spec) if self.params["keep_disks"] else self.fresh_local_disks(spec, uefi)
         self.record = HostRecord(vm=self.paths.vm)
         self.launch(qemu, spec, self.params["machine"], self.params["accel"], incoming=True, created=created,
                     uefi=uefi)
@@ -275,7 +275,7 @@ class VMLifecycle:
         os.chmod(partial, 0o600)
         os.replace(partial, path)
 
-    def fresh_local_disks(self, spec: VMSpec) -> list[str]:
+    def fresh_local_disks(self, spec: VMSpec, uefi: dict[str, Any]) -> list[str]:
         """The target's local volumes start empty, sized like the source's; shared ones and block devices must
         already be there."""
         created = []
@@ -290,8 +290,8 @@ class VMLifecycle:
                 continue
             _files.remove(path)
             size = int(self.params["disk_sizes"].get(disk.name) or 0)
-            if disk.kind == "nvram" and not size:
-                raise _vmhost.VMHostError("the size of the source's UEFI variable store (disk_sizes.nvram) is needed")
+            if disk.kind == "nvram" and not size:  # the planner checked that both hosts' templates have one size
+                size = uefi["vars_size"]
             self.create_image(path, disk, size)
             created.append(path)
         return created

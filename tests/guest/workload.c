@@ -1,7 +1,14 @@
 /*
- * Live-migration test workload. Runs as PID 1 (/init) in a tiny initrd.
+ * Live-migration test workload. Runs as PID 1 (/init) in a tiny initrd, or as
+ * a normal program (the Debian guest's lm-workload@<profile>.service).
  *
- * Knobs (kernel command line, read from /proc/cmdline):
+ * As PID 1 it mounts /proc, /sys and /dev, writes to /dev/ttyS0 (else
+ * /dev/console), loads the modules in /lib/modules/lm and ignores argv (the
+ * kernel passes leftovers there). Otherwise it mounts and loads nothing, writes
+ * to stdout, and lm.key=value arguments override /proc/cmdline; lm.disk must
+ * then be given when writes_ps > 0 (the default /dev/vda is a root disk there).
+ *
+ * Knobs (kernel command line, read from /proc/cmdline; then argv):
  *   lm.wss_mb=64        page-check working set (MiB)
  *   lm.dirty_mbps=16    MiB/s rewritten by the page check (0: write once, verify ~1/s)
  *   lm.writes_ps=20     disk ring writes per second (0: no disk ring)
@@ -90,17 +97,20 @@ static void sleep_until(int64_t t)
         ;
 }
 
-static void setup_console(void)
+/* PID 1: mount the API filesystems and write to the serial port; otherwise stdout. */
+static void setup_console(int init)
 {
-    mkdir("/proc", 0755);
-    mkdir("/sys", 0755);
-    mkdir("/dev", 0755);
-    mount("proc", "/proc", "proc", 0, NULL);
-    mount("sysfs", "/sys", "sysfs", 0, NULL);
-    mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
-    out_fd = open("/dev/ttyS0", O_WRONLY | O_NOCTTY);
-    if (out_fd < 0)
-        out_fd = open("/dev/console", O_WRONLY | O_NOCTTY);
+    if (init) {
+        mkdir("/proc", 0755);
+        mkdir("/sys", 0755);
+        mkdir("/dev", 0755);
+        mount("proc", "/proc", "proc", 0, NULL);
+        mount("sysfs", "/sys", "sysfs", 0, NULL);
+        mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
+        out_fd = open("/dev/ttyS0", O_WRONLY | O_NOCTTY);
+        if (out_fd < 0)
+            out_fd = open("/dev/console", O_WRONLY | O_NOCTTY);
+    }
     if (out_fd < 0)
         out_fd = 1;
     struct termios t;
@@ -137,7 +147,28 @@ static void load_modules(void)
         free(ents);
 }
 
-static void parse_cmdline(void)
+/* One lm.key=value token; returns 0 if it is not a knob. */
+static int parse_knob(const char *tok)
+{
+    struct { const char *key; long *val; } nums[] = {
+        {"lm.wss_mb=", &K.wss_mb},         {"lm.dirty_mbps=", &K.dirty_mbps},
+        {"lm.writes_ps=", &K.writes_ps},   {"lm.hb_ms=", &K.hb_ms},
+        {"lm.ring_blocks=", &K.ring_blocks},
+    };
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
+        if (strncmp(tok, nums[i].key, strlen(nums[i].key)) == 0) {
+            *nums[i].val = strtol(tok + strlen(nums[i].key), NULL, 10);
+            return 1;
+        }
+    if (strncmp(tok, "lm.disk=", 8) == 0) {
+        snprintf(K.disk, sizeof K.disk, "%s", tok + 8);
+        return 1;
+    }
+    return 0;
+}
+
+/* Knobs from /proc/cmdline, then from args (argv[1..], not used as PID 1). */
+static void parse_knobs(int argc, char **argv)
 {
     char buf[4096] = "";
     int fd = open("/proc/cmdline", O_RDONLY);
@@ -146,18 +177,14 @@ static void parse_cmdline(void)
         buf[n > 0 ? n : 0] = 0;
         close(fd);
     }
-    struct { const char *key; long *val; } nums[] = {
-        {"lm.wss_mb=", &K.wss_mb},         {"lm.dirty_mbps=", &K.dirty_mbps},
-        {"lm.writes_ps=", &K.writes_ps},   {"lm.hb_ms=", &K.hb_ms},
-        {"lm.ring_blocks=", &K.ring_blocks},
-    };
-    for (char *save, *tok = strtok_r(buf, " \t\n", &save); tok; tok = strtok_r(NULL, " \t\n", &save)) {
-        for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
-            if (strncmp(tok, nums[i].key, strlen(nums[i].key)) == 0)
-                *nums[i].val = strtol(tok + strlen(nums[i].key), NULL, 10);
-        if (strncmp(tok, "lm.disk=", 8) == 0)
-            snprintf(K.disk, sizeof K.disk, "%s", tok + 8);
-    }
+    for (char *save, *tok = strtok_r(buf, " \t\n", &save); tok; tok = strtok_r(NULL, " \t\n", &save))
+        parse_knob(tok);
+    for (int i = 1; i < argc; i++)
+        if (!parse_knob(argv[i])) {
+            fprintf(stderr, "lm-workload: unknown argument '%s' (want lm.key=value: lm.wss_mb, lm.dirty_mbps, "
+                            "lm.writes_ps, lm.hb_ms, lm.disk, lm.ring_blocks)\n", argv[i]);
+            exit(2);
+        }
     if (K.hb_ms < 1)
         K.hb_ms = 1;
     if (K.wss_mb < 1)
@@ -319,19 +346,30 @@ static void *ring(void *arg)
     return NULL;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
-    setup_console();
-    load_modules();
-    parse_cmdline();
+    int init = getpid() == 1;
+    setup_console(init);
+    if (init) {
+        load_modules();
+        argc = 1; /* the kernel's leftovers, not knobs */
+    } else {
+        K.disk[0] = 0; /* no default ring device outside the initrd */
+    }
+    parse_knobs(argc, argv);
+    if (!init && K.writes_ps > 0 && !K.disk[0]) {
+        fprintf(stderr, "lm-workload: lm.disk=<device> is required (or lm.writes_ps=0): "
+                        "the ring overwrites the start of that device\n");
+        return 2;
+    }
     pagecheck_alloc();
     say("LMREADY wss_mb=%ld dirty_mbps=%ld writes_ps=%ld hb_ms=%ld disk=%s ring_blocks=%ld",
-        K.wss_mb, K.dirty_mbps, K.writes_ps, K.hb_ms, K.disk, K.ring_blocks);
+        K.wss_mb, K.dirty_mbps, K.writes_ps, K.hb_ms, K.disk[0] ? K.disk : "-", K.ring_blocks);
     pthread_t th;
     pthread_create(&th, NULL, heartbeat, NULL);
     pthread_create(&th, NULL, pagecheck, NULL);
     if (K.writes_ps > 0)
         pthread_create(&th, NULL, ring, NULL);
-    for (;;) /* PID 1 must never exit */
+    for (;;) /* PID 1 must never exit; as a service: until stopped */
         pause();
 }

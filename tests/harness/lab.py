@@ -89,6 +89,26 @@ class Lab:
         self.write_inventory()
         return name
 
+    def define_debian_vm(self, name: str, image: str, firmware: str = "bios", memory_mb: int = 768) -> str:
+        """A VM of the Debian guest (tests/guest/build-debian.sh): its root disk a copy of the image, a raw disk for
+        the workload's ring (/dev/vdb), a NIC on the guest network, an agent channel and virtio-rng."""
+        size = json.loads(subprocess.run(["qemu-img", "info", "--output=json", image], capture_output=True,
+                                         text=True, check=True).stdout)["virtual-size"]
+        self.vms[name] = {
+            "memory_mb": memory_mb, "vcpus": 1, "machine": "q35", "cpu_model": "qemu64", "accel": "auto",
+            "firmware": firmware, "rng": True, "guest_agent": True,
+            "disks": [{"name": "root", "size_mb": -(-size // (1 << 20)), "format": "qcow2"},
+                      {"name": "ring", "size_mb": 32, "format": "raw"}],
+            "nics": [{"name": "lan", "bridge": GUEST_BRIDGE}],
+        }
+        self.write_inventory()
+        return name
+
+    def start_debian(self, name: str, image: str, host: str = "hv1") -> None:
+        subprocess.run(["cp", "--sparse=always", image, lab_path(host, "images", f"{name}-root.qcow2")], check=True)
+        result = self.play("start", livemig_vm=name, livemig_host=host)
+        assert not result.failed, result.output
+
     def update_vm(self, name: str, **spec) -> None:
         """Change a VM's spec in the inventory (as an operator editing it would)."""
         self.vms[name].update(spec)
@@ -132,7 +152,8 @@ class Lab:
 
     def play(self, playbook: str, check: bool = False, **extra_vars) -> PlayResult:
         command = self.play_command(playbook, check, extra_vars)
-        process = subprocess.run(command, capture_output=True, text=True, env=self.env(), check=False, timeout=900)
+        process = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=self.env(),
+                                 check=False, timeout=900)
         output = process.stdout + process.stderr
         recap = {}
         for match in re.finditer(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
@@ -247,6 +268,14 @@ def build_guest() -> dict[str, str]:
     subprocess.run([os.path.join(REPO, "tests", "guest", "build.sh")], check=True, capture_output=True)
     out = os.path.join(REPO, "tests", "guest", "out")
     return {"kernel": os.path.join(out, "vmlinuz"), "initrd": os.path.join(out, "initrd.img")}
+
+
+def build_debian_guest() -> dict[str, str]:
+    """The Debian 12 test guest (built once, then cached): its image and root's SSH key."""
+    done = subprocess.run([os.path.join(REPO, "tests", "guest", "build-debian.sh")], check=True, capture_output=True,
+                          text=True)
+    directory = done.stdout.strip().splitlines()[-1]
+    return {"image": os.path.join(directory, "debian12.qcow2"), "key": os.path.join(directory, "id_ed25519")}
 
 
 def lab_up() -> None:

@@ -187,7 +187,8 @@ def test_save_timeout_cancels_removes_and_resumes(tmp_path, source, transport):
     assert caught.value.vm_running is True
     assert "rollback problems" not in str(caught.value)
     assert status(source) == "running"
-    assert source.execute("query-migrate")["status"] == "cancelled"
+    # The save may finish in the instant between the deadline and the cancel: it is rolled back all the same.
+    assert source.execute("query-migrate")["status"] in ("cancelled", "completed")
     assert leftovers(tmp_path) == []
     wait_counting(source)
 

@@ -214,3 +214,17 @@ def test_the_host_check_tells_each_problem_and_the_cdroms_identity(tmp_path, hos
                                           "shared": False, "exists": False}
     assert checked["volumes"]["nvram"]["kind"] == "nvram"
     assert checked["room"]["image_dir"]["free"] > 0
+
+
+def test_a_uefi_migration_target_gets_an_empty_variable_store_of_the_templates_size(tmp_path, host):
+    spec = {**BASE, "machine": "q35", "firmware": "uefi", "nics": [{"name": "lan", "bridge": "br0"}]}
+    incoming = conftest.run_module("qemu_vm", tmp_path, prefix=host.prefix, state="incoming", spec=spec,
+                                   migration_target=True, machine="pc-q35-10.0", accel="tcg", **dirs(tmp_path))
+    try:
+        assert incoming["status"] == "inmigrate", incoming
+        nvram = tmp_path / "images" / "vm1-nvram.raw"
+        assert nvram.stat().st_size == find_uefi("pc-q35-10.0")["vars_size"]
+        assert host.links("master", "br0")[0]["ifname"] == tap_name("vm1", "lan"), "its tap waits on the bridge"
+    finally:
+        conftest.run_module("qemu_vm", tmp_path, prefix=host.prefix, state="absent", spec=spec, **dirs(tmp_path))
+    assert not host.has_link(tap_name("vm1", "lan")) and os.listdir(tmp_path / "images") == []
