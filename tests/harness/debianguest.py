@@ -6,8 +6,7 @@ import os
 import subprocess
 import time
 
-import guestcheck
-from lab import Lab, lab_path
+from lab import Lab, guestcheck, lab_path
 from netclient import CLIENT_NS, Echo, Ping, SSHLoop
 
 BOOT_TIMEOUT = 600  # systemd under TCG on two busy cores
