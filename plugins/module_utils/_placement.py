@@ -92,8 +92,7 @@ def room_problems(spec: VMSpec, local: list[str], source: dict[str, Any], target
 
 def check_announce(wishes: dict[str, Any]) -> dict[str, Any]:
     """The announce settings, checked against QEMU's limits; raises ValueError naming the variable."""
-    settings = {key: wishes.get(key, default) if wishes.get(key) is not None else default
-                for key, default in ANNOUNCE_DEFAULTS.items()}
+    settings = {key: wishes[key] for key in ANNOUNCE_DEFAULTS}  # check_wishes filled in the defaults
     if not isinstance(settings["announce"], bool):
         raise ValueError(f"livemig_announce must be true or false, got {settings['announce']!r}")
     for key, (low, high) in ANNOUNCE_LIMITS.items():

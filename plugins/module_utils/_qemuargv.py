@@ -60,7 +60,7 @@ def _firmware(spec: VMSpec, paths: VMPaths, firmware_code: str | None) -> tuple[
         return [], ""
     if not firmware_code:
         raise ValueError("firmware_code is required for firmware uefi")
-    nvram = next(volume for volume in spec.volumes if volume.kind == "nvram")
+    nvram = spec.nvram
     argv = _blockdevs({"driver": "file", "filename": firmware_code, "node-name": f"{FIRMWARE_CODE_NODE}-file",
                        "read-only": True},
                       {"driver": "raw", "file": f"{FIRMWARE_CODE_NODE}-file", "node-name": FIRMWARE_CODE_NODE,

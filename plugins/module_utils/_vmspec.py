@@ -104,6 +104,11 @@ class VMSpec:
         return (*self.disks, Disk(NVRAM, 0, "raw", self.nvram_shared, kind="nvram"))
 
     @property
+    def nvram(self) -> Disk | None:
+        """The UEFI variable store, a volume of a VM with firmware uefi."""
+        return next((volume for volume in self.volumes if volume.kind == "nvram"), None)
+
+    @property
     def local_volumes(self) -> tuple[Disk, ...]:
         return tuple(volume for volume in self.volumes if not volume.shared)
 
