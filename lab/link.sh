@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Fault / link emulation for a lab host's migration link (mig0, 198.18.0.10N).
-# The management link (eth0, SSH) is never touched, like a separate network.
-#   link.sh HOST down|up        cut / restore the link (root-side veth lm-HOST)
+# The management link (eth0, SSH) is only touched by mgmt-down/mgmt-up, for a host on one network for both.
+#   link.sh HOST down|up        cut / restore the link (root-side veth lmm-HOST)
+#   link.sh HOST mgmt-down|mgmt-up  cut / restore the management link (root-side veth lm-HOST): SSH goes too
 #   link.sh HOST limit RATE     rate-limit both directions, e.g. 1gbit, 100mbit
 #   link.sh HOST unlimit        remove the rate limit
 #   link.sh HOST show           show link state and qdiscs
 set -euo pipefail
 
-usage() { echo "usage: $0 hv1|hv2 down|up|limit RATE|unlimit|show" >&2; exit 2; }
+usage() { echo "usage: $0 hv1|hv2 down|up|mgmt-down|mgmt-up|limit RATE|unlimit|show" >&2; exit 2; }
 
 [ "$#" -ge 2 ] || usage
 HOST=$1 ACTION=$2
@@ -27,6 +28,8 @@ tc_both() {
 case "$ACTION" in
     down) ip link set "$DEV" down ;;
     up) ip link set "$DEV" up ;;
+    mgmt-down) ip link set "lm-$HOST" down ;;
+    mgmt-up) ip link set "lm-$HOST" up ;;
     limit)
         [ "$#" -eq 3 ] || usage
         RATE=$3

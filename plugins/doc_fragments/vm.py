@@ -21,20 +21,27 @@ options:
     suboptions:
       run_dir:
         description:
-          - This host's directory for the VM's volatile files.
-          - The QMP sockets are C(<run_dir>/<name>.qmp) (mode 0600) and C(<run_dir>/<name>.job.qmp),
-            the serial console C(<run_dir>/<name>.serial).
+          - This host's directory for the VM's volatile files, each VM's in its own directory C(<run_dir>/<name>/)
+            (mode 0700).
+          - The QMP sockets are C(<run_dir>/<name>/qmp) (mode 0600) and C(<run_dir>/<name>/job.qmp), the serial
+            console C(<run_dir>/<name>/serial); beside them QEMU's C(pid) and C(log).
+          - The modules make this directory, the image and state directories and the VMs' own ones mode 0700, and
+            refuse one that is a symbolic link or another user's; give the collection directories of its own.
         type: path
         required: true
       image_dir:
         description:
-          - This host's directory for disk images; the disk C(D) of VM O(name) is C(<image_dir>/<name>-D.<format>).
+          - This host's directory for disk images; the disk C(D) of VM O(name) is C(<image_dir>/<name>-D.<format>)
+            (mode 0600).
           - Defaults to O(host.run_dir).
         type: path
       state_dir:
         description:
-          - This host's directory for its record of the VM (ownership, pinned machine type and accelerator) and for
-            a state file of the stateful path, C(<state_dir>/<name>.state).
+          - This host's directory for its record of the VM (ownership, pinned machine type and accelerator),
+            C(<state_dir>/<name>/record.json), and for a state file of the stateful path, C(<state_dir>/<name>/state)
+            (mode 0600).
+          - A record that livemig.qemu 0.3 left at C(<state_dir>/<name>.json) is moved there by the first module run on
+            the VM; while a QEMU of that version's layout runs the VM, the modules refuse it.
           - Defaults to O(host.image_dir).
         type: path
       shared_dir:
@@ -73,4 +80,15 @@ options:
 requirements:
   - python >= 3.11
   - qemu.qmp (on the managed host)
+"""
+
+    LOCK = r"""
+options:
+  lock_id:
+    description:
+      - The VM's lease on this host (see M(livemig.qemu.qemu_vm_lock)) this run belongs to. The run goes on when
+        the VM holds that lease here or none; a live lease of another id makes it fail at once, naming its holder.
+      - Without it, the run takes a lease of its own for as long as it runs, so that two changes of one VM never
+        overlap.
+    type: str
 """

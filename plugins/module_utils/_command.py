@@ -15,6 +15,7 @@ from typing import Protocol
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 
 TOOL_TIMEOUT = 60.0  # seconds a quick tool (qemu-img info, create, map) may take before it counts as hung
+PRIVATE_UMASK = 0o077
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,12 @@ class Program:
 
 def run_tool(program: Program, *args: str, timeout: float = TOOL_TIMEOUT,
              error: type[LivemigError] = CommandTimeout) -> Completed:
-    """Run a QEMU tool (qemu-img, qemu-nbd) to its end; past its deadline raise `error` naming the tool's step."""
+    """Run a QEMU tool (qemu-img, qemu-nbd) to its end; past its deadline raise `error` naming the tool's step.
+
+    With umask 077: whatever the tool creates (an image, a pid file) only this user may read.
+    """
     try:
-        return program.run(*args, timeout=timeout)
+        return program.run(*args, timeout=timeout, umask=PRIVATE_UMASK)
     except CommandTimeout:
         raise error(f"{program.name} {args[0]} did not finish within {timeout:.0f}s") from None
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _blockdev, _files, _qemuimg
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
+from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import host_port
 from ansible_collections.livemig.qemu.plugins.module_utils._module import Task
 from ansible_collections.livemig.qemu.plugins.module_utils._nbdcopy import (
     LABEL, NBDCopyError, check_destination, finish_file, is_device, nbd_uri, send, server_alive, start_server,
@@ -75,8 +76,8 @@ class _Receiver:
             wanted = {"path": path, "format": fmt, "host": params["address"], "port": params["port"] or server["port"]}
             if any(server[item] != value for item, value in wanted.items()):
                 raise LivemigError(f"copy {label} of VM {self.paths.vm} already listens for {server['path']} "
-                                   f"({server['format']}) on {server['host']}:{server['port']}: end it first "
-                                   "(state=finished or state=absent)")
+                                   f"({server['format']}) on {host_port(server['host'], server['port'])}: end it "
+                                   "first (state=finished or state=absent)")
             return {"changed": False, "msg": f"qemu-nbd already listens for {path}", **_server_result(server)}
         qemu_img, qemu_nbd = self.task.tool("qemu-img"), self.task.tool("qemu-nbd")
         if is_device(path):
@@ -93,8 +94,9 @@ class _Receiver:
             raise LivemigError(f"{path} does not exist: give its virtual size in bytes (size) to create it")
         if self.task.check_mode:
             return {"changed": True, "msg": f"would {'' if exists else 'create and '}serve {path} for copy {label}"}
+        _files.private_dir(*self.paths.private_dirs)
         if not exists:
-            _qemuimg.create(qemu_img, path, fmt, size)
+            _qemuimg.create(qemu_img, path, fmt, size)  # 0600: a disk, or the state file (all of guest RAM)
         server = {"host": params["address"], "export": f"{label}-{secrets.token_hex(16)}", "path": path,
                   "format": fmt, "pidfile": self.paths.copy_pidfile(label)}
         if fmt == "raw":

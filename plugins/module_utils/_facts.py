@@ -9,36 +9,58 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _probe, _vmhost
+from ansible_collections.livemig.qemu.plugins.module_utils import _probe
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._module import Task
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
-from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError
-from ansible_collections.livemig.qemu.plugins.module_utils._state import load_record
+from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
+from ansible_collections.livemig.qemu.plugins.module_utils._state import load_record, qemu_pid
 
 
 def known_vms(run_dir: str, image_dir: str | None = None, state_dir: str | None = None) -> dict[str, dict]:
-    """The VMs this host has a record of or a pid file for, by name."""
-    directories = VMPaths.on_host("", run_dir, image_dir, state_dir)  # the host's, with the usual defaults
-    names = set()
-    for directory, suffix in ((directories.state_dir, ".json"), (directories.run_dir, ".pid")):
-        if os.path.isdir(directory):
-            names.update(entry[:-len(suffix)] for entry in os.listdir(directory)
-                         if entry.endswith(suffix) and not entry.startswith("."))
+    """The VMs this host has a record of or a pid file for, by name. `legacy_layout` marks a VM whose record, or
+    running QEMU, livemig.qemu 0.3 left in its flat layout (`<state_dir>/<vm>.json`, `<run_dir>/<vm>.qmp`): the
+    next module run on that VM moves the record into the VM's directory, or refuses while that QEMU runs."""
     vms = {}
-    for name in sorted(names):
+    for name in sorted(_candidates(VMPaths.on_host("", run_dir, image_dir, state_dir))):
         paths = VMPaths.on_host(name, run_dir, image_dir, state_dir)
-        record = load_record(paths.record, name)
-        pid = _vmhost.running_pid(paths)
-        try:
-            status = _vmhost.vm_status(paths, timeout=5) if pid else None
-        except QMPError as exc:
-            status = f"unknown ({exc})"
-        vms[name] = {"running": pid is not None, "status": status, "pid": pid,
+        legacy = not (os.path.exists(paths.record) or os.path.exists(paths.pidfile))
+        where = paths.legacy if legacy else paths
+        pid = qemu_pid(where.pidfile, where.qmp)
+        if legacy and pid is None and not os.path.exists(where.record):
+            continue  # not a VM: a stray entry, or a stale pid file of the old layout
+        record = load_record(where.record, name)
+        status, migrate_status = qemu_state(where) if pid else (None, None)
+        vms[name] = {"running": pid is not None, "status": status, "migrate_status": migrate_status, "pid": pid,
                      "owner": bool(record and record.owner),
                      "machine": record.machine if record else None, "accel": record.accel if record else None,
-                     "handed_over_to": record.handed_over_to if record else None}
+                     "handed_over_to": record.handed_over_to if record else None,
+                     "migration": record.migration if record else {}, "legacy_layout": legacy}
     return vms
+
+
+def _candidates(host: VMPaths) -> set[str]:
+    """Names that may be VMs: the directories in the host's state and run directories, and the names of 0.3's
+    records (`<vm>.json`) and pid files (`<vm>.pid`)."""
+    names = set()
+    for directory, old_suffix in ((host.state_dir, ".json"), (host.run_dir, ".pid")):
+        for entry in os.listdir(directory) if os.path.isdir(directory) else []:
+            if entry.startswith("."):
+                continue
+            if os.path.isdir(os.path.join(directory, entry)):
+                names.add(entry)
+            elif entry.endswith(old_suffix):
+                names.add(entry[:-len(old_suffix)])
+    return names
+
+
+def qemu_state(paths: VMPaths) -> tuple[str, str | None]:
+    """(run state, migration status) of the VM's QEMU; the run state says why when QEMU does not answer."""
+    try:
+        with QMPSession(paths.qmp, connect_timeout=5) as session:
+            return session.execute("query-status")["status"], session.execute("query-migrate").get("status")
+    except QMPError as exc:
+        return f"unknown ({exc})", None
 
 
 def run(task: Task) -> dict[str, Any]:

@@ -1,18 +1,20 @@
 # Copyright: livemig.qemu contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Can this host hold the VM's devices: bridges and taps, UEFI firmware, block devices, the CD-ROM image, room for
-the images. The qemu_host_check module's handler.
+the images, its migration address, its TLS files. The qemu_host_check module's handler.
 
 Private to the livemig.qemu collection. It only reads. The planner (`_negotiate`) compares what the source and the
 target report: firmware sizes, CD-ROM checksums, the target's room against the source's allocation.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import socket
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _blockdev, _firmware, _taps, _vmhost
+from ansible_collections.livemig.qemu.plugins.module_utils import _blockdev, _firmware, _taps, _tlsfiles, _vmhost
 from ansible_collections.livemig.qemu.plugins.module_utils._module import Task
 from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import VMSpec, parse_spec
 
@@ -36,6 +38,21 @@ def free_bytes(directory: str) -> dict[str, Any]:
         directory = os.path.dirname(directory)
     stats = os.statvfs(directory)
     return {"free": stats.f_bavail * stats.f_frsize, "device": os.stat(directory).st_dev}
+
+
+def address_check(address: str) -> dict[str, Any]:
+    """Whether a listener can bind `address` on this host; one the host does not have fails with EADDRNOTAVAIL."""
+    found: dict[str, Any] = {"address": address, "bindable": False}
+    try:
+        family, _kind, _protocol, _name, socket_address = socket.getaddrinfo(address, 0, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind(socket_address)
+    except socket.gaierror as exc:
+        return {**found, "reason": f"it does not resolve ({exc.strerror})"}
+    except OSError as exc:
+        return {**found, "reason": "this host does not have that address (EADDRNOTAVAIL)"
+                if exc.errno == errno.EADDRNOTAVAIL else f"a socket cannot bind it ({exc.strerror})"}
+    return {**found, "bindable": True}
 
 
 def volumes(task: Task, spec: VMSpec, runs_here: bool) -> tuple[dict[str, Any], list[str]]:
@@ -73,5 +90,9 @@ def run(task: Task) -> dict[str, Any]:
     if spec.cdrom:
         result["cdrom"] = file_identity(spec.cdrom)
     result["room"] = {"image_dir": free_bytes(paths.image_dir), "state_dir": free_bytes(paths.state_dir)}
+    if params["address"]:
+        result["address"] = address_check(params["address"])
+    if params["tls_dir"]:
+        result["tls"] = _tlsfiles.inspect(params["tls_dir"])
     result["problems"] = problems
     return result

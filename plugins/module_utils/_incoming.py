@@ -1,6 +1,7 @@
 # Copyright: livemig.qemu contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The qemu_migrate_incoming module: the target listens for a migration, or waits until the VM runs on it.
+"""The qemu_migrate_incoming module: the target listens for a migration, lets the VM run once it has arrived, or
+ends a target that never ran it.
 
 Private to the livemig.qemu collection.
 """
@@ -9,13 +10,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ansible_collections.livemig.qemu.plugins.module_utils import _nbdexport
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
-from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import check_request, set_capabilities
-from ansible_collections.livemig.qemu.plugins.module_utils._paths import file_node
+from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import (
+    check_request, host_port, migration_status, set_capabilities)
+from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths, file_node
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession, QMPTimeout, event_time
+from ansible_collections.livemig.qemu.plugins.module_utils._state import load_record, mark_ran, ran_here, updating
+from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import kill_qemu, running_pid, vm_status
 
 
 def run(task: Any) -> dict[str, Any]:
+    if task.params["state"] == "aborted":
+        return aborted(task)
     if task.params["state"] == "listening":
         with task.qmp(task.paths.qmp) as session:
             return listen(task, session)
@@ -26,7 +33,7 @@ def run(task: Any) -> dict[str, Any]:
 def listening_uri(info: dict[str, Any]) -> str | None:
     for address in info.get("socket-address") or []:
         if address.get("type") == "inet":
-            return f"tcp:{address['host']}:{address['port']}"
+            return f"tcp:{host_port(address['host'], address['port'])}"
     return None
 
 
@@ -52,7 +59,7 @@ def listen(task: Any, session: QMPSession) -> dict[str, Any]:
     except QMPError as exc:
         raise LivemigError(f"VM {vm}: QEMU refused the capabilities {', '.join(capabilities)} or the "
                            f"parameters {parameters}: {exc}") from exc
-    session.execute("migrate-incoming", {"uri": f"tcp:{params['address']}:{params['port']}"})
+    session.execute("migrate-incoming", {"uri": f"tcp:{host_port(params['address'], params['port'])}"})
     uri = listening_uri(session.execute("query-migrate"))
     if not uri:
         raise LivemigError(f"VM {vm}: QEMU accepted migrate-incoming but reports no listening address")
@@ -66,22 +73,73 @@ def disk_allocated(session: QMPSession) -> dict[str, int]:
             if node.get("node-name", "").startswith(file_node("")) and "image" in node}
 
 
+TAKE_OVER = ("completed", "postcopy-active")  # the incoming status at which the paused target may be let run
+NEVER_RAN = ("inmigrate", "paused")  # a target QEMU without a ran marker in these states has not run the guest
+
+
+def let_run(paths: VMPaths, session: QMPSession) -> None:
+    """The target QEMU waits paused (-S) once the migration has delivered the VM: mark, durably, that the VM runs
+    here, close the writable NBD exports (nothing may write into the disks from outside any more), then let it run.
+    During post-copy `cont` only lets QEMU start the VM as soon as it can."""
+    mark_ran(paths.record, paths.vm, forget=("nbd",))
+    _nbdexport.close(session)
+    session.execute("cont")
+
+
 def wait_completed(task: Any, session: QMPSession) -> dict[str, Any]:
-    vm = task.paths.vm
+    paths = task.paths
     deadline = time.monotonic() + task.params["timeout"]
     with session.subscribe(("RESUME", "MIGRATION")) as events:
         status = session.execute("query-status")["status"]
         if status == "running":
             return {"changed": False, "status": status, "resume_time": None, "disk_allocated": disk_allocated(session)}
+        if status == "paused" and migration_status(session) in TAKE_OVER:  # delivered while nobody watched
+            let_run(paths, session)
         while True:
             try:
                 event = events.wait(None, deadline, "the incoming migration to complete")
             except QMPTimeout as exc:
-                raise LivemigError(f"VM {vm}: the incoming migration did not complete in time",
+                raise LivemigError(f"VM {paths.vm}: the incoming migration did not complete in time",
                                    details={"status": session.execute("query-status")["status"]}) from exc
             if event["event"] == "RESUME":
-                return {"changed": False, "status": "running", "resume_time": event_time(event),
+                return {"changed": True, "status": "running", "resume_time": event_time(event),
                         "disk_allocated": disk_allocated(session)}
-            if event["data"].get("status") in ("failed", "postcopy-paused"):
-                raise LivemigError(f"VM {vm}: the incoming migration {event['data']['status']}",
+            incoming = event["data"].get("status")
+            if incoming in TAKE_OVER:
+                let_run(paths, session)
+            elif incoming in ("failed", "postcopy-paused"):
+                raise LivemigError(f"VM {paths.vm}: the incoming migration {incoming}",
                                    details={"status": session.execute("query-status")["status"]})
+
+
+def aborted(task: Any) -> dict[str, Any]:
+    """End this host's target QEMU of the move unless the VM ran here; say whether it did.
+
+    A target QEMU that never ran the guest (no ran marker, waiting in -incoming or paused by -S) is killed; the
+    marker is read again once it is gone, since its resume watcher may have let it run just before. A VM that ran
+    here is left alone, and when its QEMU is gone this host takes ownership: its disks are the newest.
+    """
+    paths, migration_id = task.paths, task.params["migration_id"]
+    record = load_record(paths.record, paths.vm)
+    pid = running_pid(paths)
+    status = vm_status(paths, task.params["connect_timeout"]) if pid else None
+    result = {"changed": False, "status": status, "running": pid is not None}
+    if record is not None and record.migration.get("id") not in (None, migration_id) and not record.owner:
+        return {**result, "ran": None, "msg": f"the VM's record here belongs to another move "
+                                              f"({record.migration.get('id')}): left alone"}
+    if not ran_here(record, migration_id) and pid and status not in NEVER_RAN:
+        return {**result, "ran": True, "msg": f"QEMU is {status} here without a ran marker: it may have run"}
+    if not ran_here(record, migration_id) and pid:
+        if task.check_mode:
+            return {**result, "changed": True, "ran": False}
+        kill_qemu(pid)
+        result.update(changed=True, killed=True, running=False, status=None)
+        record = load_record(paths.record, paths.vm)
+    if not ran_here(record, migration_id):
+        return {**result, "ran": False}
+    if not result["running"] and not record.owner and not task.check_mode:
+        with updating(paths.record, paths.vm) as current:
+            current.owner, current.handed_over_to = True, None
+        result["changed"] = True
+        result["took_ownership"] = True
+    return {**result, "ran": True}

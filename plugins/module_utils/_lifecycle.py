@@ -10,19 +10,21 @@ import os
 import shutil
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _blockdev, _files, _firmware, _probe, _qemuimg, _taps, _vmhost
+from ansible_collections.livemig.qemu.plugins.module_utils import (
+    _blockdev, _files, _firmware, _incoming, _probe, _qemuimg, _taps, _vmhost)
 from ansible_collections.livemig.qemu.plugins.module_utils._command import Program
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._qemuargv import build_argv
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
 from ansible_collections.livemig.qemu.plugins.module_utils._state import (
-    HostRecord, load_record, remove_record, save_record)
+    HostRecord, load_record, remove_record, save_record, updating)
 from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import Disk, SpecError, VMSpec, parse_spec
 
 STALE = "postmigrate"
 MIB = 1024 * 1024
 # Failures of these steps are about the VM: their messages get its name in front.
-VM_FAILURES = (SpecError, _probe.ProbeError, _vmhost.VMHostError, _qemuimg.ImageError, _taps.TapError, QMPError)
+VM_FAILURES = (SpecError, _probe.ProbeError, _vmhost.VMHostError, _qemuimg.ImageError, _taps.TapError, QMPError,
+               _files.PrivacyError)
 
 
 def run(task: Any) -> dict[str, Any]:
@@ -53,7 +55,8 @@ class VMLifecycle:
             "qmp": self.paths.qmp, "job_qmp": self.paths.job_qmp, "serial": self.paths.serial}}
 
     def failure(self, msg: str) -> LivemigError:
-        return LivemigError(f"VM {self.paths.vm}: {msg}")
+        prefix = f"VM {self.paths.vm}: "  # a spec error names the VM already
+        return LivemigError(msg if msg.startswith(prefix) else prefix + msg)
 
     def fail(self, msg: str) -> None:
         raise self.failure(msg)
@@ -88,15 +91,12 @@ class VMLifecycle:
         machine, accel = self.pinned_abi(qemu, spec)
         uefi = self.firmware(qemu, spec, machine)
         self.check_devices(spec, accel)
+        _files.private_dir(*self.paths.private_dirs)
         created = self.create_missing_disks(spec, uefi)
         self.launch(qemu, spec, machine, accel, incoming=False, created=created, uefi=uefi)
         self.record.owner = True
         self.record.handed_over_to = None
         save_record(self.paths.record, self.record)
-
-    def incoming_status(self) -> str | None:
-        with QMPSession(self.paths.qmp, connect_timeout=self.params["connect_timeout"]) as session:
-            return session.execute("query-migrate").get("status")
 
     def adopt_running_qemu(self) -> None:
         status = self.status()
@@ -109,15 +109,19 @@ class VMLifecycle:
             return
         if not self.params["migration_target"]:
             self.fail(f"QEMU runs here ({status}) but this host does not own the VM")
-        incoming = self.incoming_status()
-        if incoming != "completed":
-            self.fail(f"the incoming migration has not completed (status {incoming}): the source may still hold "
-                      "part of the VM (post-copy), so this host does not take it over yet")
-        self.changed()
-        self.record = self.record or HostRecord(vm=self.paths.vm)
-        self.record.owner = True
-        self.record.volatile.pop("incoming", None)
-        save_record(self.paths.record, self.record)
+        with QMPSession(self.paths.qmp, connect_timeout=self.params["connect_timeout"]) as session:
+            incoming = session.execute("query-migrate").get("status")
+            if incoming != "completed":
+                self.fail(f"the incoming migration has not completed (status {incoming}): the source may still "
+                          "hold part of the VM (post-copy), so this host does not take it over yet")
+            self.changed()
+            if status == "paused":  # arrived while no resume watcher ran: let it run here now
+                _incoming.let_run(self.paths, session)
+                self.result["status"] = session.execute("query-status")["status"]
+        with updating(self.paths.record, self.paths.vm) as record:
+            record.owner = True
+            record.volatile.pop("incoming", None)
+        self.record = load_record(self.paths.record, self.paths.vm)
 
     def ensure_incoming(self) -> None:
         spec = self.spec()
@@ -137,11 +141,14 @@ class VMLifecycle:
         qemu = self.task.qemu()
         uefi = self.firmware(qemu, spec, self.params["machine"])
         self.check_devices(spec, self.params["accel"])
+        _files.private_dir(*self.paths.private_dirs)
         created = self.copied_local_disks(spec) if self.params["keep_disks"] else self.fresh_local_disks(spec, uefi)
         self.record = HostRecord(vm=self.paths.vm)
         self.launch(qemu, spec, self.params["machine"], self.params["accel"], incoming=True, created=created,
                     uefi=uefi)
         self.record.volatile["incoming"] = True
+        if self.params["migration_id"]:
+            self.record.migration = {"id": self.params["migration_id"], "role": "target"}
         save_record(self.paths.record, self.record)
 
     def ensure_stopped(self) -> None:
@@ -184,6 +191,7 @@ class VMLifecycle:
         if not self.check_mode:
             _vmhost.clean_run_files(self.paths)
             _files.remove(self.paths.log)
+            _files.remove_empty_dirs(self.paths.vm_run_dir, self.paths.vm_state_dir)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -265,14 +273,16 @@ class VMLifecycle:
                 else:
                     self.create_image(path, disk)
                 created.append(path)
+            elif not disk.shared:
+                _files.keep_private(path)  # an image of an older version may be 0644
         return created
 
     def create_nvram(self, path: str, uefi: dict[str, Any]) -> None:
         """The VM's own UEFI variable store, from the firmware's template, at its first start."""
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         partial = f"{path}.partial"
+        _files.remove(partial)
+        _files.private_file(partial)
         shutil.copyfile(uefi["vars_template"], partial)
-        os.chmod(partial, 0o600)
         os.replace(partial, path)
 
     def fresh_local_disks(self, spec: VMSpec, uefi: dict[str, Any]) -> list[str]:

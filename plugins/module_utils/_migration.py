@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,8 @@ class MigrationSettings:
     policy_overrides: dict[str, Any] = field(default_factory=dict)  # ConvergenceSettings fields (tests, tuning)
     timeout_base_s: float = 60.0  # the size-scaled limit: base + size / rate
     timeout_min_rate: float = MIN_EXPECTED_RATE
+    # Called, and must have made it durable, before anything is sent that lets the target run the VM.
+    before_point_of_no_return: Callable[[], None] = lambda: None
 
 
 def shared_bandwidth(cap: int, mirror_rate: float) -> int:
@@ -211,11 +214,11 @@ class SourceMigration:
                 self._handle(event)
 
     def _configure(self) -> None:
-        """Exactly these capabilities (left-overs of an earlier run switched off), then the parameters."""
-        pause = ["pause-before-switchover"]  # the disk mirrors finish while the source is paused there
-        mirrors = bool(self.settings.mirrored_nodes)
-        set_capabilities(self.session, ["events", *self.settings.capabilities, *(pause if mirrors else [])],
-                         off=[] if mirrors or "pause-before-switchover" in self.settings.capabilities else pause)
+        """Exactly these capabilities (left-overs of an earlier run switched off), then the parameters.
+
+        The source pauses before the switchover: the disk mirrors finish there, and the point of no return is
+        recorded before the device state leaves."""
+        set_capabilities(self.session, ["events", "pause-before-switchover", *self.settings.capabilities])
         parameters = self._start_parameters()
         self.session.execute("migrate-set-parameters", parameters)
         self.downtime_limit_ms = parameters["downtime-limit"]
@@ -299,6 +302,7 @@ class SourceMigration:
                                  "reason": action.reason})
         elif isinstance(action, StartPostcopy):
             self.actions.append({"t": t, "action": "start-postcopy", "reason": action.reason})
+            self.settings.before_point_of_no_return()
             self.session.execute("migrate-start-postcopy")
             self._postcopy_requested = True
         elif isinstance(action, Abort):
@@ -390,10 +394,12 @@ class SourceMigration:
         self.phase = Phase.SWITCHOVER
         self.marks["pre_switchover"] = time.time()
         deadline = time.monotonic() + self.settings.switchover_timeout
-        self.marks["mirror_processed_bytes"] = sum(_mirror.finish_gracefully(
-            self.session, self.settings.mirrored_nodes, deadline).values())
+        nodes = self.settings.mirrored_nodes
+        self.marks["mirror_processed_bytes"] = sum(_mirror.finish_gracefully(self.session, nodes, deadline).values()) \
+            if nodes else 0
         self.marks["mirrors_done"] = time.time()
         self.phase = Phase.DEVICE_STATE
+        self.settings.before_point_of_no_return()
         self.session.execute("migrate-continue", {"state": "pre-switchover"})
 
     # -- failure -----------------------------------------------------------------------------------

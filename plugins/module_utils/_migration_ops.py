@@ -149,6 +149,11 @@ def with_notes(cause: str, notes: list[str]) -> str:
     return f"{cause}; rollback problems: {'; '.join(notes)}" if notes else cause
 
 
+def host_port(host: str, port: int | str) -> str:
+    """`host:port` as URIs and QEMU's socket addresses write it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def free_port(address: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
         probe.bind((address, 0))

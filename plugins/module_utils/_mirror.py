@@ -58,12 +58,14 @@ def start_mirror(session: QMPSession, node: str, host: str, port: int, export: s
     session.execute("blockdev-mirror", arguments)
 
 
-def wait_ready(session: QMPSession, node: str, deadline: float,
-               on_progress: Any = None, interval: float = 1.0) -> dict[str, Any]:
-    """Wait for BLOCK_JOB_READY of the mirror of `node`; fail if the job ends or errors first."""
+def wait_ready(session: QMPSession, node: str, deadline: float, on_progress: Any = None, interval: float = 1.0,
+               stall_timeout: float = float("inf")) -> dict[str, Any]:
+    """Wait for BLOCK_JOB_READY of the mirror of `node`; fail if the job ends or errors first, or copies nothing for
+    `stall_timeout` seconds (an NBD target that dropped off the network never errors by itself)."""
     job = mirror_job(node)
     with session.subscribe(("BLOCK_JOB_READY", "BLOCK_JOB_ERROR", *JOB_END_EVENTS)) as events:
         current = find_job(session, job)
+        moved = (time.monotonic(), current.get("offset") if current else None)
         while True:
             if current is None:
                 raise QMPError(f"the mirror job {job} ended before it was ready", "blockdev-mirror")
@@ -71,8 +73,14 @@ def wait_ready(session: QMPSession, node: str, deadline: float,
                 return progress(current)
             if on_progress:
                 on_progress(progress(current))
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise QMPTimeout(f"the mirror of {node} was not ready in time: {progress(current)}")
+            if current.get("offset") != moved[1]:
+                moved = (now, current.get("offset"))
+            elif now - moved[0] >= stall_timeout:
+                raise QMPError(f"the mirror of {node} copied nothing for {stall_timeout:g}s (is the target "
+                               f"reachable?): {progress(current)}", "blockdev-mirror")
             event = events.get(min(interval, max(deadline - time.monotonic(), 0.01)))
             if event and event["data"].get("device") == job and event["event"] != "BLOCK_JOB_READY":
                 detail = event["data"].get("error") or event["data"].get("action") or event["event"]
@@ -100,23 +108,44 @@ def finish_gracefully(session: QMPSession, nodes: list[str], deadline: float) ->
     return copied
 
 
+YANK_AFTER = 2.0  # seconds a force-cancelled mirror may take before its NBD connection is broken
+
+
 def abort(session: QMPSession, node: str, timeout: float = 30.0) -> bool:
-    """Force-cancel the mirror of `node` (if any) and detach its NBD node; True if anything was there."""
+    """Force-cancel the mirror of `node` (if any) and detach its NBD node; True if anything was there.
+
+    A mirror whose target dropped off the network would only stop at its NBD I/O timeout (and a write-blocking one
+    holds the guest's writes meanwhile): when the cancel does not end it at once, its NBD connection is broken."""
     changed = False
     job = mirror_job(node)
     with session.subscribe(JOB_END_EVENTS) as events:
         if find_job(session, job) is not None:
-            session.execute("block-job-cancel", {"device": job, "force": True})
-            deadline = time.monotonic() + timeout
-            while find_job(session, job) is not None:
-                events.get(min(0.5, max(deadline - time.monotonic(), 0.01)))
-                if time.monotonic() > deadline:
-                    raise QMPTimeout(f"the mirror of {node} did not stop within {timeout:.0f}s", "block-job-cancel")
             changed = True
+            try:
+                session.execute("block-job-cancel", {"device": job, "force": True})
+            except QMPError:
+                if find_job(session, job) is not None:
+                    raise
+            started, yanked = time.monotonic(), False
+            while find_job(session, job) is not None:
+                now = time.monotonic()
+                if not yanked and now - started > YANK_AFTER:
+                    yanked = _yank(session, mirror_target(node))
+                if now - started > timeout:
+                    raise QMPTimeout(f"the mirror of {node} did not stop within {timeout:.0f}s", "block-job-cancel")
+                events.get(0.2)
     if node_exists(session, mirror_target(node)):
         detach(session, mirror_target(node))
         changed = True
     return changed
+
+
+def _yank(session: QMPSession, node: str) -> bool:
+    try:
+        session.execute("yank", {"instances": [{"type": "block-node", "node-name": node}]})
+    except QMPError:
+        pass  # not a yank instance (any more): nothing to break
+    return True
 
 
 DETACH_TIMEOUT = 5.0
@@ -166,7 +195,8 @@ def run(task: Any) -> dict[str, Any]:
             result["history"] = history
             try:
                 result["progress"] = wait_ready(session, node, time.monotonic() + params["timeout"],
-                                                on_progress=lambda _job: history.append(all_remaining(session)))
+                                                on_progress=lambda _job: history.append(all_remaining(session)),
+                                                stall_timeout=params["stall_timeout"])
             except QMPError as exc:
                 raise LivemigError(f"disk mirror phase: disk {disk}: {exc}", details=result) from exc
         elif job := find_job(session, mirror_job(node)):

@@ -18,10 +18,12 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.livemig.qemu.plugins.module_utils import _lock
 from ansible_collections.livemig.qemu.plugins.module_utils._command import CommandTimeout, Completed, Program
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMP_IMPORT_ERROR, QMPError, QMPSession
+from ansible_collections.livemig.qemu.plugins.module_utils._state import adopt_legacy
 from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import check_vm_name
 
 DEFAULT_QEMU = "qemu-system-x86_64"
@@ -49,8 +51,14 @@ def vm_argument_spec(**extra: Any) -> dict[str, Any]:
 
 
 def run_module(argument_spec: dict[str, Any], handler: Callable[[Task], dict[str, Any]], needs_qmp: bool = True,
-               host_required: bool = True, **kwargs: Any) -> None:
-    """Build the module, run `handler` and exit with its result; a LivemigError fails the module."""
+               host_required: bool = True, changes_vm: bool | Callable[[dict[str, Any]], bool] = False,
+               **kwargs: Any) -> None:
+    """Build the module, run `handler` and exit with its result; a LivemigError fails the module.
+
+    `changes_vm` (or a test of the parameters saying so): the module changes the VM named by its `name`, under the
+    VM's lease on this host (`_lock`); it gets the option `lock_id`."""
+    if changes_vm:
+        argument_spec = {**argument_spec, "lock_id": {"type": "str"}}
     if host_required:
         for key, pairs in HOST_CHOICE.items():
             kwargs[key] = [*pairs, *kwargs.get(key, [])]
@@ -61,7 +69,10 @@ def run_module(argument_spec: dict[str, Any], handler: Callable[[Task], dict[str
     if needs_qmp and QMP_IMPORT_ERROR is not None:
         module.fail_json(msg=missing_required_lib("qemu.qmp"), exception=QMP_IMPORT_ERROR)
     try:
-        result = handler(Task(module))
+        task = Task(module)
+        changes = changes_vm(module.params) if callable(changes_vm) else changes_vm
+        with task.locked() if changes and module.params.get("name") else contextlib.nullcontext():
+            result = handler(task)
     except LivemigError as exc:
         module.fail_json(msg=str(exc), **exc.fields())
     module.exit_json(**result)
@@ -86,9 +97,23 @@ class Task:
 
     @functools.cached_property
     def paths(self) -> VMPaths:
+        """The VM's paths on this host; a record livemig.qemu 0.3 left is moved into the VM's directory first (even
+        in check mode: the move changes where the record is, not what it says)."""
         host = self.host
-        return VMPaths.on_host(check_vm_name(self.params["name"]), host["run_dir"], host.get("image_dir"),
-                               host.get("state_dir"), host.get("shared_dir"))
+        paths = VMPaths.on_host(check_vm_name(self.params["name"]), host["run_dir"], host.get("image_dir"),
+                                host.get("state_dir"), host.get("shared_dir"))
+        adopt_legacy(paths)
+        return paths
+
+    def locked(self) -> contextlib.AbstractContextManager:
+        """The VM's lease on this host for this run; in check mode only the check that no one else holds it."""
+        if self.check_mode:
+            held = _lock.current(self.paths)
+            if held and held["id"] != self.params.get("lock_id"):
+                raise _lock.LockError(f"VM {self.paths.vm} is locked on this host by {_lock.describe(held)}",
+                                      details={"lock": held})
+            return contextlib.nullcontext()
+        return _lock.held(self.paths, self.params.get("lock_id"), self._module._name or "livemig.qemu module")
 
     @contextlib.contextmanager
     def qmp(self, path: str) -> Iterator[QMPSession]:

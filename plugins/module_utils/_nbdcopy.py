@@ -17,7 +17,7 @@ import time
 from ansible_collections.livemig.qemu.plugins.module_utils import _files, _qemuimg
 from ansible_collections.livemig.qemu.plugins.module_utils._command import Program, run_tool, stderr_tail
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
-from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import bind_with_retry
+from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import bind_with_retry, host_port
 from ansible_collections.livemig.qemu.plugins.module_utils._state import process_alive
 from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import kill_qemu, wait_exit
 
@@ -31,7 +31,7 @@ class NBDCopyError(LivemigError):
 
 
 def nbd_uri(host: str, port: int, export: str) -> str:
-    return f"nbd://{f'[{host}]' if ':' in host else host}:{port}/{export}"
+    return f"nbd://{host_port(host, port)}/{export}"
 
 
 def is_device(path: str) -> bool:
@@ -86,7 +86,7 @@ def finish_file(path: str, fmt: str, size: int | None, fsync: bool) -> None:
 def start_server(qemu_nbd: Program, path: str, fmt: str, address: str, port: int, export: str,
                  pidfile: str, size: int | None = None) -> tuple[int, int]:
     """Start a daemonized one-shot qemu-nbd; it listens when this returns. Returns (pid, port)."""
-    os.makedirs(os.path.dirname(pidfile), mode=0o700, exist_ok=True)
+    _files.private_dir(os.path.dirname(pidfile))
 
     def listen(chosen: int) -> int:
         _files.remove(pidfile)
@@ -95,7 +95,7 @@ def start_server(qemu_nbd: Program, path: str, fmt: str, address: str, port: int
                           "--export-name", export, "--cache=writeback", *image_args(path, fmt, size),
                           error=NBDCopyError)
         if result.rc != 0:
-            raise NBDCopyError(f"qemu-nbd cannot serve {path} on {address}:{chosen}: {stderr_tail(result)}")
+            raise NBDCopyError(f"qemu-nbd cannot serve {path} on {host_port(address, chosen)}: {stderr_tail(result)}")
         return _read_pid(pidfile)
 
     return bind_with_retry(listen, address, port)

@@ -25,10 +25,12 @@ def our_exports(session: QMPSession) -> dict[str, dict]:
             if item["id"].startswith(EXPORT_PREFIX)}
 
 
-def start_server(session: QMPSession, address: str, port: int) -> int:
-    """Start QEMU's NBD server on `address`, on `port` or a free one; the port it listens on."""
+def start_server(session: QMPSession, address: str, port: int, connections: int) -> int:
+    """Start QEMU's NBD server on `address`, on `port` or a free one, for at most `connections` clients at once
+    (one mirror per disk); the port it listens on."""
     def listen(chosen: int) -> None:
-        session.execute("nbd-server-start", {"addr": {"type": "inet", "data": {"host": address, "port": str(chosen)}}})
+        session.execute("nbd-server-start", {"addr": {"type": "inet", "data": {"host": address, "port": str(chosen)}},
+                                             "max-connections": connections})
     return bind_with_retry(listen, address, port)[1]
 
 
@@ -43,7 +45,8 @@ def present(task: Task, session: QMPSession, record: HostRecord) -> dict[str, An
     if task.check_mode:
         return {"changed": True, "exports": {}}
     if not server:
-        server = {"host": params["address"], "port": start_server(session, params["address"], params["port"])}
+        server = {"host": params["address"],
+                  "port": start_server(session, params["address"], params["port"], max(len(params["disks"]), 1))}
     for disk in missing:
         names[disk] = f"{disk}-{secrets.token_urlsafe(12)}"
         session.execute("block-export-add", {"type": "nbd", "id": export_id(disk), "node-name": node_name(disk),
@@ -53,18 +56,22 @@ def present(task: Task, session: QMPSession, record: HostRecord) -> dict[str, An
     return {"changed": True, "host": server["host"], "port": server["port"], "exports": names}
 
 
+def close(session: QMPSession) -> None:
+    """Drop our exports and their connections at once, and stop the NBD server."""
+    for disk in our_exports(session):
+        session.execute("block-export-del", {"id": export_id(disk), "mode": "hard"})
+    try:
+        session.execute("nbd-server-stop")
+    except QMPError as exc:
+        if "not running" not in str(exc).lower():
+            raise
+
+
 def absent(task: Task, session: QMPSession, record: HostRecord) -> dict[str, Any]:
-    exports = our_exports(session)
-    if not exports and "nbd" not in record.volatile:
+    if not our_exports(session) and "nbd" not in record.volatile:
         return {"changed": False}
     if not task.check_mode:
-        for disk in exports:
-            session.execute("block-export-del", {"id": export_id(disk), "mode": "hard"})
-        try:
-            session.execute("nbd-server-stop")
-        except QMPError as exc:
-            if "not running" not in str(exc).lower():
-                raise
+        close(session)
         record.volatile.pop("nbd", None)
     return {"changed": True}
 

@@ -14,7 +14,8 @@ from ansible_collections.livemig.qemu.plugins.module_utils._convergence import P
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
 from ansible_collections.livemig.qemu.plugins.module_utils._placement import (
-    ANNOUNCE_DEFAULTS, announce_plan, cdrom_plan, check_announce, firmware_problems, room_problems)
+    ANNOUNCE_DEFAULTS, address_problems, announce_plan, cdrom_plan, check_announce, firmware_problems, room_problems,
+    whole_number)
 from ansible_collections.livemig.qemu.plugins.module_utils._situation import refusal, situation
 from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import VMSpec, parse_spec
 
@@ -34,11 +35,27 @@ OPTIONAL = OPTIONAL_BOTH + OPTIONAL_SOURCE
 # QEMU refuses these together; the one asked for first wins.
 INCOMPATIBLE = (("multifd", "xbzrle"), ("multifd", "postcopy-ram"))
 POLICY_KEYS = ("methods", "deny_capabilities")
+QMP_INT_MAX = 2 ** 63 - 1
+# The role's other numbers: (lowest, highest or None, unit). Checked with the plan, so that a bad one stops the move
+# before anything changes, not in the middle of it.
+NUMBER_LIMITS: dict[str, tuple[int, int | None, str]] = {
+    "max_bandwidth": (0, QMP_INT_MAX, " (bytes per second, 0 for no cap)"),
+    "max_downtime_ms": (1, 2000000, " (milliseconds; QEMU allows at most 2000 s)"),
+    "progress_interval": (1, 3600, " (seconds between two progress lines)"),
+    "migration_timeout": (1, None, " (seconds)"),
+    "mirror_timeout": (1, None, " (seconds)"),
+    "stall_timeout": (1, None, " (seconds)"),
+    "guest_ping_timeout": (1, None, " (seconds)"),
+    "powerdown_timeout": (0, None, " (seconds, 0 to quit the guest at once)"),
+}
+NUMBER_DEFAULTS = {"max_bandwidth": 0, "max_downtime_ms": 300, "progress_interval": 3, "migration_timeout": 3600,
+                   "mirror_timeout": 3600, "stall_timeout": 60, "guest_ping_timeout": 30, "powerdown_timeout": 120}
 # `convergence` and `allow_postcopy` add the capabilities their policy needs; left out, they add none.
 WISH_DEFAULTS: dict[str, Any] = {"method": "auto", "allow_fallback": True, "allow_cold": False,
                                  "capabilities": [], "capabilities_allow": list(OPTIONAL), "capabilities_deny": [],
                                  "multifd_channels": 0, "multifd_compression": "none", "xbzrle_cache_mb": 0,
-                                 "convergence": "defaults", "allow_postcopy": False, **ANNOUNCE_DEFAULTS}
+                                 "convergence": "defaults", "allow_postcopy": False, **ANNOUNCE_DEFAULTS,
+                                 **NUMBER_DEFAULTS}
 
 
 class PlanError(LivemigError, ValueError):
@@ -78,6 +95,7 @@ def check_wishes(raw: dict[str, Any] | None) -> dict[str, Any]:
         wishes[key] = names
     try:
         wishes.update(check_announce(wishes))
+        wishes.update({key: whole_number(key, wishes[key], *limits) for key, limits in NUMBER_LIMITS.items()})
     except ValueError as exc:
         raise PlanError(str(exc)) from None
     return wishes
@@ -295,8 +313,7 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
     if available is not None and int(spec["memory_mb"]) > available:
         common.append(f"the VM needs {spec['memory_mb']} MiB of memory but {target['name']} has only "
                       f"{available} MiB available")
-    no_address = [] if target.get("address") else [
-        f"{target['name']} has no migration address (set livemig_migration_address)"]
+    no_address = address_problems(target["name"], target.get("address"), target_check)
 
     # Live and stateful keep the running guest, so its ABI is pinned: same machine type, accelerator, CPU.
     keep_guest = list(common) + firmware_keep
@@ -396,10 +413,12 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
         "state_files": {"source": state_file(vm, source), "target": state_file(vm, target)},
     }
     plan["copies"] = copies(plan, request.get("source_storage") or {}, request.get("storage") or {})
+    plan["disk_sizes"] = disk_sizes(plan, request.get("source_storage") or {})
     plan["receivers"] = receivers(plan)
     plan["summary"] = summary(plan)
     plan["situation"] = situation(vm, source["name"], target["name"], running, _vm_on(target, vm))
-    if plan["situation"]["kind"] == "start" and not plan["possible"]:
+    # A stale target QEMU holds the target's devices: the role removes it and plans again before judging the plan.
+    if plan["situation"]["kind"] == "start" and not plan["possible"] and not plan["situation"]["stale_target"]:
         plan["situation"] = refusal(vm, source["name"], target["name"], no_method_reason(plan), show_plan=True)
     return plan
 
@@ -424,11 +443,28 @@ def copies(plan: dict[str, Any], source_storage: dict[str, Any], storage: dict[s
              "size": there.get("virtual_size"), "kind": volumes[name]["kind"]} for name, (there, here) in found.items()]
 
 
+def disk_sizes(plan: dict[str, Any], source_storage: dict[str, Any]) -> dict[str, int]:
+    """The virtual size of each local volume on the source, by name: the fresh volumes of a live move's target get
+    it, whatever the inventory's size_mb says (a disk grown or made elsewhere, the UEFI variable store)."""
+    if plan["family"] != "live":
+        return {}
+    found = {name: (source_storage.get(name) or {}).get("virtual_size") for name in plan["local_disks"]}
+    return {name: int(size) for name, size in found.items() if size}
+
+
+STATE_MARGIN = 256 * 1024 * 1024  # device state and the RAM blocks besides the guest's RAM (video memory, ROMs)
+
+
 def receivers(plan: dict[str, Any]) -> list[dict[str, Any]]:
-    """The files the target receives, by copy label: the local disks, and for a stateful move the state file."""
-    disks = [{"label": copy["label"], "path": copy["target"]} for copy in plan["copies"]]
-    state = [{"label": "state", "path": plan["state_files"]["target"]}] if plan["family"] == "stateful" else []
-    return disks + state
+    """The files the target receives, by copy label: the local disks, and for a stateful move the state file. The
+    state receiver is opened before the save, so it gets room for the guest's RAM and a margin (a sparse file: only
+    what the state holds takes space)."""
+    disks = [{"label": copy["label"], "path": copy["target"], "format": copy["format"], "size": copy["size"]}
+             for copy in plan["copies"]]
+    if plan["family"] != "stateful":
+        return disks
+    room = int(plan["spec"]["memory_mb"]) * 1024 * 1024 + STATE_MARGIN
+    return [*disks, {"label": "state", "path": plan["state_files"]["target"], "format": "raw", "size": room}]
 
 
 def _transport(method: str | None, target: dict[str, Any], source: dict[str, Any], has_local: bool) -> dict:

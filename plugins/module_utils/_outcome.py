@@ -15,7 +15,7 @@ MIB = 1048576
 # The registered results each family of methods hands over, by the name the role gives them.
 STEPS = {
     "live": ("migration", "resumed", "mirrors"),
-    "stateful": ("saved", "restored", "copies"),
+    "stateful": ("saved", "loaded", "restored", "copies"),
     "cold": ("stopped_at", "resumed_at", "shutdown", "copies"),
 }
 
@@ -63,13 +63,15 @@ def _live(steps: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stateful(steps: dict[str, Any]) -> dict[str, Any]:
-    saved, restored, copies = steps["saved"], steps["restored"], _items(steps["copies"])
+    saved, loaded, restored = steps["saved"], steps["loaded"], steps["restored"]
+    disks, state = steps["copies"][:-1], steps["copies"][-1]  # the source's job sends the state file last
     return {
         "source_stop_time": saved.get("stop_time"),
         "target_resume_time": restored.get("resume_time"),
         "state_bytes": saved.get("size"),
-        "disk_bytes": sum(copy["bytes_allocated"] for copy in copies),
-        "statistics": {"save": saved, "restore": restored, "copies": [copy["seconds"] for copy in copies]},
+        "disk_bytes": sum(copy["bytes_allocated"] for copy in disks),
+        "statistics": {"save": saved, "restore": {**loaded, **restored},
+                       "copies": [copy["seconds"] for copy in disks], "state_copy_s": state["seconds"]},
     }
 
 

@@ -7,6 +7,8 @@ Private to the livemig.qemu collection. Pure functions; `_negotiate.make_plan` m
 """
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Any
 
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import nic_id
@@ -90,16 +92,43 @@ def room_problems(spec: VMSpec, local: list[str], source: dict[str, Any], target
     return problems
 
 
+def whole_number(key: str, value: Any, low: int, high: int | None = None, unit: str = "") -> int:
+    """The role variable livemig_<key> as a whole number from `low` to `high` (no limit when None); a string of
+    digits, as `-e name=value` gives, counts. Raises ValueError naming the variable and the range."""
+    number = int(value) if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value) else value
+    if isinstance(number, bool) or not isinstance(number, int) or number < low or (high is not None and number > high):
+        bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise ValueError(f"livemig_{key} must be a whole number {bounds}{unit}, got {value!r}")
+    return number
+
+
 def check_announce(wishes: dict[str, Any]) -> dict[str, Any]:
     """The announce settings, checked against QEMU's limits; raises ValueError naming the variable."""
     settings = {key: wishes[key] for key in ANNOUNCE_DEFAULTS}  # check_wishes filled in the defaults
     if not isinstance(settings["announce"], bool):
         raise ValueError(f"livemig_announce must be true or false, got {settings['announce']!r}")
     for key, (low, high) in ANNOUNCE_LIMITS.items():
-        value = settings[key]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"livemig_{key} must be a whole number from {low} to {high}, got {value!r}")
+        settings[key] = whole_number(key, settings[key], low, high)
     return settings
+
+
+def address_problems(host: str, address: Any, check: dict[str, Any]) -> list[str]:
+    """Why `host` cannot listen for a move on its migration address: none set, a wildcard (every interface), or one
+    the host does not have (its qemu_host_check tried to bind it)."""
+    if not address:
+        return [f"{host} has no migration address (set livemig_migration_address)"]
+    try:
+        wildcard = ipaddress.ip_address(str(address)).is_unspecified
+    except ValueError:
+        wildcard = False  # a host name: the host's own check resolves and binds it
+    if wildcard:
+        return [f"the migration address of {host} is {address}, which listens on every interface: set "
+                "livemig_migration_address to the one address of the host on the migration network"]
+    bind = check.get("address") or {}
+    if bind.get("address") == address and not bind.get("bindable", True):
+        return [f"{host} cannot listen on its migration address {address} (livemig_migration_address): "
+                f"{bind.get('reason')}"]
+    return []
 
 
 def announce_plan(spec: VMSpec, settings: dict[str, Any]) -> dict[str, Any]:

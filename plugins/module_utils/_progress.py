@@ -3,7 +3,7 @@
 """A migration's progress file: the sample format, writing it, reading it, and the line a person reads.
 
 Private to the livemig.qemu collection. qemu_migrate writes the latest sample every second to
-`<run_dir>/<name>.progress.json`, replacing the file atomically; qemu_migrate_progress reads it without talking to
+`<run_dir>/<name>/progress.json`, replacing the file atomically; qemu_migrate_progress reads it without talking to
 QEMU, so it never competes with the migration for a monitor.
 """
 from __future__ import annotations

@@ -145,5 +145,6 @@ def build_argv(spec: VMSpec, paths: VMPaths, binary: str, machine: str, accel: s
         argv += _nic(spec, nic, slot, bus, accel)
     argv += _extras(spec, paths, bus)
     if incoming:
-        argv += ["-incoming", "defer"]
+        # -S: the VM stays paused once it has arrived, until the target has recorded that it runs there.
+        argv += ["-incoming", "defer", "-S"]
     return argv

@@ -25,12 +25,19 @@ def run(qemu_img: Program, *args: str, timeout: float = TOOL_TIMEOUT) -> Complet
 
 
 def create(qemu_img: Program, path: str, fmt: str, size: int) -> None:
-    """A new empty image of `size` bytes; its directory is created (mode 0700) when missing."""
+    """A new empty image of `size` bytes, mode 0600 whatever the umask: `path` is created empty first (never
+    through a symbolic link, never over a file), then qemu-img formats it. Its directory is created (0700) when
+    missing."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    try:
+        _files.private_file(path)
+    except _files.PrivacyError as exc:
+        raise ImageError(str(exc)) from None
     result = run(qemu_img, "create", "-q", "-f", fmt, path, str(size))
     if result.rc != 0:
         _files.remove(path)
         raise ImageError(f"cannot create {fmt} image {path} of {size} bytes: {stderr_tail(result)}")
+    _files.keep_private(path)  # checked: the image qemu-img leaves must be 0600 as well
 
 
 def info(qemu_img: Program, path: str, fmt: str | None = None) -> dict[str, Any]:

@@ -7,6 +7,8 @@ request, records the hand-over in this host's record, and undoes a migration on 
 """
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _mirror
@@ -18,7 +20,7 @@ from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import
     resume_if_paused)
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import mirror_job, mirror_target, node_name
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPSession
-from ansible_collections.livemig.qemu.plugins.module_utils._state import HostRecord, load_record, save_record
+from ansible_collections.livemig.qemu.plugins.module_utils._state import load_record, mark_source, updating
 
 
 def run(task: Any) -> dict[str, Any]:
@@ -42,26 +44,34 @@ def migrate(task: Any, session: QMPSession) -> dict[str, Any]:
         raise exc.about(f"VM {paths.vm}") from exc
     if task.check_mode:
         return {"changed": True}
+    migration_id = params["migration_id"] or uuid.uuid4().hex
+    mark_source(paths.record, paths.vm, migration_id, params["target_name"], "started")
     settings = MigrationSettings(
         uri=params["uri"], mirrored_nodes=[node_name(disk) for disk in params["disks"]],
         max_bandwidth=params["max_bandwidth"], downtime_limit_ms=params["downtime_limit_ms"],
         convergence=params["convergence"], capabilities=params["capabilities"], parameters=params["parameters"],
         timeout=params["timeout"], stall_timeout=params["stall_timeout"],
-        switchover_timeout=params["switchover_timeout"], progress_path=paths.progress)
+        switchover_timeout=params["switchover_timeout"], progress_path=paths.progress,
+        before_point_of_no_return=lambda: mark_source(paths.record, paths.vm, migration_id, params["target_name"],
+                                                      "switchover"))
     try:
         statistics = SourceMigration(session, settings).run()
     except MigrationFailed as exc:
+        if not exc.target_may_have_run:
+            mark_source(paths.record, paths.vm, migration_id, params["target_name"], "rolled-back")
         exc.details["progress_file"] = paths.progress
         raise exc.about(f"VM {paths.vm}") from exc
-    record = load_record(paths.record, paths.vm) or HostRecord(vm=paths.vm)
-    record.owner = False
-    record.handed_over_to = params["target_name"]
-    save_record(paths.record, record)
-    return {"changed": True, "statistics": statistics, "progress_file": paths.progress}
+    with updating(paths.record, paths.vm) as record:
+        record.owner = False
+        record.handed_over_to = params["target_name"]
+        record.migration.update(phase="completed", at=time.time())
+    return {"changed": True, "statistics": statistics, "progress_file": paths.progress,
+            "migration_id": migration_id}
 
 
 def cancelled(task: Any, session: QMPSession) -> dict[str, Any]:
-    """Cancel the migration and abort the mirrors; resume the VM only when the target never ran it."""
+    """Cancel the migration and abort the mirrors; resume the VM, and own it again, only when the caller knows that
+    the target never ran it (target_ran=false): also a source whose migration completed."""
     status = session.execute("query-migrate").get("status")
     if status in POSTCOPY:
         raise LivemigError(f"VM {task.paths.vm}: the migration is {status} and cannot be cancelled; "
@@ -70,12 +80,21 @@ def cancelled(task: Any, session: QMPSession) -> dict[str, Any]:
     nodes = [node_name(disk) for disk in task.params["disks"]]
     mirrors = [node for node in nodes if _mirror.find_job(session, mirror_job(node))
                or _mirror.node_exists(session, mirror_target(node))]
-    resume = session.execute("query-status")["status"] in PAUSED and not task.params["target_ran"]
-    if not (migrating or mirrors or resume):
+    never_ran = not task.params["target_ran"]
+    resume = session.execute("query-status")["status"] in PAUSED and never_ran
+    record = load_record(task.paths.record, task.paths.vm)
+    reclaim = never_ran and record is not None and (not record.owner or record.migration.get("phase") not in
+                                                    (None, "rolled-back"))
+    if not (migrating or mirrors or resume or reclaim):
         return {"changed": False}
     if not task.check_mode:
         cancel(session)
         abort_mirrors(session, mirrors)
         if resume:
             resume_if_paused(session)
+        if never_ran:  # the VM stays here: this host owns it again, the move is over
+            with updating(task.paths.record, task.paths.vm) as current:
+                current.owner, current.handed_over_to = True, None
+                if current.migration:
+                    current.migration.update(phase="rolled-back", at=time.time())
     return {"changed": True, "resumed": resume}

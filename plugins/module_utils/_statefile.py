@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shlex
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _files
@@ -110,7 +111,7 @@ def save_state(session: QMPSession, path: str, timeout: float) -> dict[str, Any]
     _files.remove(path, partial)  # a state file of this VM from before is stale now
     try:
         # Created here, mode 0600 (the guest's RAM goes in it): a bad directory fails before the VM is stopped.
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
     except OSError as exc:
         raise StateFileError(f"cannot create the state file {partial}: {exc.strerror}", was_running) from exc
     transport = "file" if supports_file_uri(session) else "exec"
@@ -168,9 +169,10 @@ def _rollback(session: QMPSession, failure: Exception, path: str, was_running: b
 # -- restore ---------------------------------------------------------------------------------
 
 def restore_state(session: QMPSession, path: str, timeout: float, resume: bool = True,
-                  parameters: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Load `path` into this QEMU (started with -incoming defer), with migration `parameters` set first; then `cont`
-    when `resume`.
+                  parameters: dict[str, Any] | None = None,
+                  before_resume: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Load `path` into this QEMU (started with -incoming defer), with migration `parameters` set first; then, when
+    `resume`, call `before_resume` (the target's ran marker) and `cont`.
 
     On failure this QEMU holds no usable VM: the caller removes it.
     """
@@ -205,6 +207,8 @@ def restore_state(session: QMPSession, path: str, timeout: float, resume: bool =
             # A state saved while running restarts by itself (RESUME before `completed`); ours was saved paused.
             status = settled_state(session, "inmigrate")
             if status != "running" and resume:
+                if before_resume:
+                    before_resume()
                 session.execute("cont")
                 seen["RESUME"] = event_time(events.wait(lambda event: event["event"] == "RESUME",
                                                         time.monotonic() + STOP_TIMEOUT, "the VM to resume"))

@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _files
-from ansible_collections.livemig.qemu.plugins.module_utils._command import CommandTimeout, Runner
+from ansible_collections.livemig.qemu.plugins.module_utils._command import CommandTimeout, Completed, Runner
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
-from ansible_collections.livemig.qemu.plugins.module_utils._state import process_alive
+from ansible_collections.livemig.qemu.plugins.module_utils._state import process_alive, qemu_pid
 
 
 class VMHostError(LivemigError):
@@ -26,19 +26,7 @@ class VMHostError(LivemigError):
 
 def running_pid(paths: VMPaths) -> int | None:
     """The pid of this VM's QEMU on this host, checked against its command line."""
-    try:
-        with open(paths.pidfile, encoding="ascii") as handle:
-            pid = int(handle.read().strip())
-    except (OSError, ValueError):
-        return None
-    if not process_alive(pid):
-        return None
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            cmdline = handle.read().decode(errors="replace")
-    except OSError:
-        return None
-    return pid if paths.qmp in cmdline else None
+    return qemu_pid(paths.pidfile, paths.qmp)
 
 
 def vm_status(paths: VMPaths, timeout: float = 10.0) -> str | None:
@@ -58,7 +46,7 @@ def start_qemu(run: Runner, argv: list[str], paths: VMPaths, timeout: float = 12
 
     With -daemonize, QEMU's first process exits once the VM is set up, so this is a short run with a deadline.
     """
-    os.makedirs(paths.run_dir, mode=0o700, exist_ok=True)
+    _files.private_dir(paths.run_dir, paths.vm_run_dir)
     clean_run_files(paths)
     try:
         result = run(argv, timeout, umask=0o077)
@@ -66,14 +54,29 @@ def start_qemu(run: Runner, argv: list[str], paths: VMPaths, timeout: float = 12
         raise VMHostError(f"QEMU did not finish starting within {timeout:.0f}s") from None
     if result.rc != 0:
         clean_run_files(paths)
-        raise VMHostError(f"QEMU failed to start: {result.stderr.strip()}")
+        raise VMHostError(f"QEMU failed to start: {what_qemu_said(result, paths)}")
     for path in (*paths.sockets, paths.guest_agent):
         if os.path.exists(path):  # the guest agent's only when the VM has one
             os.chmod(path, 0o600)  # QEMU's -daemonize resets the umask
     pid = running_pid(paths)
     if pid is None:
-        raise VMHostError(f"QEMU started but left no live pid in {paths.pidfile}")
+        clean_run_files(paths)
+        raise VMHostError(f"QEMU exited without running the VM (no live pid in {paths.pidfile}): "
+                          f"{what_qemu_said(result, paths)}")
     return pid
+
+
+def what_qemu_said(result: Completed, paths: VMPaths, lines: int = 5) -> str:
+    """The last lines QEMU wrote about its start: on stderr, else in its log (-D), else on stdout."""
+    try:
+        with open(paths.log, encoding="utf-8", errors="replace") as handle:
+            log = handle.read()
+    except OSError:
+        log = ""
+    for text in (result.stderr, log, result.stdout):
+        if text.strip():
+            return " / ".join(text.strip().splitlines()[-lines:])
+    return f"exit status {result.rc}, no message"
 
 
 def wait_exit(pid: int, timeout: float, alive: Callable[[int], bool] = process_alive) -> bool:

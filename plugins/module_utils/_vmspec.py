@@ -19,6 +19,9 @@ VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DISK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
 NIC_NAME = DISK_NAME
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+# A CPU model's name as QEMU lists them (Haswell-v4, qemu64, EPYC-Rome, Opteron_G5); no options, no help request.
+CPU_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+CPU_HELP = ("help", "?")
 BRIDGE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 DISK_FORMATS = ("qcow2", "raw")
 ACCELS = ("auto", "kvm", "tcg")
@@ -43,7 +46,22 @@ def check_vm_name(name: str) -> str:
     if not isinstance(name, str) or not VM_NAME.fullmatch(name) or ".." in name:
         raise SpecError(f"invalid VM name {name!r}: use letters, digits, '.', '_' or '-' "
                         "(no '/', no '..', at most 63 characters, not starting with '.' or '-')")
+    if name.endswith(tuple(f".{image_format}" for image_format in DISK_FORMATS)):
+        raise SpecError(f"invalid VM name {name!r}: it ends like a disk image, and could be the name of another "
+                        "VM's image (<vm>-<disk>.qcow2) in a directory the two share; choose a name without "
+                        f"{', '.join('.' + image_format for image_format in DISK_FORMATS)} at the end")
     return name
+
+
+def _cpu_model(value: Any, vm: str) -> str:
+    if isinstance(value, str) and value.strip().lower() in CPU_HELP:
+        raise SpecError(f"VM {vm}: cpu_model {value!r} asks QEMU for its list of models and is not one: write the "
+                        "name of a model, such as Haswell-v4 or qemu64 (qemu_facts lists the models of a host's QEMU "
+                        "as cpu_models)")
+    if not isinstance(value, str) or not CPU_MODEL.fullmatch(value):
+        raise SpecError(f"VM {vm}: cpu_model {value!r} is not the name of a CPU model: letters, digits, '_', '.' "
+                        "and '-', such as Haswell-v4 (no options after a comma)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -272,7 +290,7 @@ def parse_spec(name: str, raw: Any) -> VMSpec:
         memory_mb=_positive_int(raw["memory_mb"], f"VM {name}: memory_mb"),
         vcpus=_positive_int(raw["vcpus"], f"VM {name}: vcpus"),
         machine=_text(raw["machine"], f"VM {name}: machine"),
-        cpu_model=_text(raw["cpu_model"], f"VM {name}: cpu_model"),
+        cpu_model=_cpu_model(raw["cpu_model"], name),
         accel=accel,
         kernel=raw.get("kernel") or None,
         initrd=raw.get("initrd") or None,

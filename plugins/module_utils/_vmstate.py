@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _statefile, _vmhost
+from ansible_collections.livemig.qemu.plugins.module_utils import _files, _statefile, _vmhost
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import ACTIVE
-from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPSession
+from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPSession, event_time
+from ansible_collections.livemig.qemu.plugins.module_utils._state import mark_ran
 
 
 def run(task: Any) -> dict[str, Any]:
@@ -64,6 +66,7 @@ def _saved(job: _Job) -> dict[str, Any]:
                            status=status)
         if job.check_mode:
             return job.done(True, f"would stop the VM ({status}) and save its state to {job.path}", status=status)
+        _files.private_dir(*job.task.paths.private_dirs)  # the default state file's directory among them
         try:
             result = _statefile.save_state(session, job.path, job.task.params["timeout"])
         except _statefile.StateFileError as exc:
@@ -81,9 +84,8 @@ def _restored(job: _Job) -> dict[str, Any]:
                 return job.done(False, f"the state was already restored; the VM is {status}", status=status)
             if job.check_mode:
                 return job.done(True, "the state was already restored; would resume the VM", status=status)
-            session.execute("cont")
             return job.done(True, "the state was already restored; resumed the VM",
-                            status=session.execute("query-status")["status"])
+                            **_resume(session, lambda: mark_ran(job.task.paths.record, job.task.paths.vm)))
         if status != "inmigrate":
             raise job.fail(f"QEMU is {status}, not waiting for an incoming migration (start it with "
                            "qemu_vm state=incoming)", status=status)
@@ -94,10 +96,21 @@ def _restored(job: _Job) -> dict[str, Any]:
                             f"{' and resume the VM' if resume else ''}", status=status)
         try:
             result = _statefile.restore_state(session, job.path, job.task.params["timeout"], resume,
-                                              job.task.params["parameters"])
+                                              job.task.params["parameters"],
+                                              before_resume=lambda: mark_ran(job.task.paths.record, job.task.paths.vm))
         except _statefile.StateFileError as exc:
             raise job.fail(f"{exc}; remove this QEMU", vm_running=exc.vm_running) from exc
     return job.done(True, f"restored the VM state from {job.path}", **result)
+
+
+def _resume(session: QMPSession, before: Any) -> dict[str, Any]:
+    """Let a restored VM that waits paused run: `before` (the ran marker), `cont`, and QEMU's time of the resume."""
+    with session.subscribe(("RESUME",)) as events:
+        before()
+        session.execute("cont")
+        resumed = events.wait(lambda event: event["event"] == "RESUME", time.monotonic() + _statefile.STOP_TIMEOUT,
+                              "the VM to resume")
+    return {"status": session.execute("query-status")["status"], "resume_time": event_time(resumed)}
 
 
 def _absent(job: _Job) -> dict[str, Any]:

@@ -16,6 +16,7 @@ description:
     target holds a consistent copy. V(absent) aborts it instead and detaches the NBD node.
 extends_documentation_fragment:
   - livemig.qemu.vm
+  - livemig.qemu.vm.lock
   - livemig.qemu.attributes
   - livemig.qemu.attributes.changes
   - livemig.qemu.attributes.action_group
@@ -56,6 +57,12 @@ options:
     description: Seconds to wait for READY with O(state=ready).
     type: float
     default: 3600
+  stall_timeout:
+    description:
+      - With O(state=ready), fail when the mirror copies nothing for this many seconds before it is READY; a target
+        that dropped off the network never makes the mirror fail by itself.
+    type: float
+    default: 60
 author:
   - livemig.qemu contributors (@livemig)
 """
@@ -109,9 +116,11 @@ def main() -> None:
             copy_mode={"type": "str", "default": "background", "choices": ["background", "write-blocking"]},
             speed={"type": "int", "default": 0},
             timeout={"type": "float", "default": 3600},
+            stall_timeout={"type": "float", "default": 60},
         ),
         _mirror.run,
         supports_check_mode=True,
+        changes_vm=True,
     )
 
 

@@ -111,8 +111,12 @@ ansible_facts:
         - C(multifd_compressions), the multifd compression methods this QEMU was built with (C(none), C(zlib), C(zstd));
         - C(accelerators) (C(kvm.usable), C(kvm.reason), C(tcg.usable)) and C(auto_accel);
         - C(memory) (C(total_mb), C(available_mb));
-        - C(vms), a dict by VM name of C(running), C(status), C(owner), C(machine), C(accel), C(pid),
-          C(handed_over_to).
+        - C(vms), a dict by VM name of C(running), C(status), C(migrate_status) (QEMU's migration status), C(owner),
+          C(machine), C(accel), C(pid), C(migration) (the record's markers of the last move - C(id), C(role),
+          C(peer), C(phase) on a source, C(ran) on a target that let the VM run), C(handed_over_to) and
+          C(legacy_layout), true for a VM whose record or running QEMU livemig.qemu 0.3 left
+          in its flat file layout (C(<state_dir>/<name>.json), C(<run_dir>/<name>.qmp)); the next module run on
+          the VM moves its record into C(<state_dir>/<name>/), and refuses while that old QEMU runs.
       returned: always
       type: dict
 """

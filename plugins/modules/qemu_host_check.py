@@ -20,6 +20,9 @@ description:
     here, no one holds it (mounted, LVM, md).
   - CD-ROM; the image's size and SHA-256, to compare with the other host's.
   - Room; free space in the image and state directories, and the bytes each local image takes here.
+  - Address; with O(address), whether a listener can bind it here (a host that does not have the address cannot).
+  - TLS; with O(tls_dir), whether QEMU's x509 files are all there, private and root's (or this user's), and the
+    public certificates, for the controller to compare with the other host's. Keys are never read.
 extends_documentation_fragment:
   - livemig.qemu.vm
   - livemig.qemu.attributes
@@ -37,6 +40,12 @@ options:
   machine:
     description: The versioned machine type, to pick the firmware built for it; any x86_64 machine when left out.
     type: str
+  address:
+    description: The host's migration address (C(livemig_migration_address)), to check that a listener can bind it.
+    type: str
+  tls_dir:
+    description: The host's TLS directory in QEMU's x509 layout (C(livemig_tls_dir)), to check.
+    type: path
 requirements:
   - iproute2 (C(ip)) when the VM has NICs
 author:
@@ -94,6 +103,25 @@ room:
   description: Free bytes (C(free)) and the filesystem (C(device)) of the image and state directories.
   returned: always
   type: dict
+address:
+  description:
+    - C(address) as given, C(bindable) (whether a socket could bind it on this host, on a free port) and, when not,
+      C(reason), e.g. that this host does not have the address (C(EADDRNOTAVAIL)).
+  returned: when O(address) is given
+  type: dict
+  sample: {"address": "192.0.2.12", "bindable": false,
+           "reason": "this host does not have that address (EADDRNOTAVAIL)"}
+tls:
+  description:
+    - C(dir) as given, C(exists), C(problems) (missing files, a mode open to group or others, an owner other than
+      root or this user, DH parameters that are not PEM), and the PEM text of C(ca-cert.pem) (C(ca_pem)),
+      C(server-cert.pem) (C(cert_pem)) and C(client-cert.pem) (C(client_cert_pem)), V(null) when missing. Never a
+      key.
+    - These problems are not in the module's own RV(problems); the controller weighs them with the other host's.
+  returned: when O(tls_dir) is given
+  type: dict
+  sample: {"dir": "/etc/livemig/tls", "exists": true, "problems": [], "ca_pem": "-----BEGIN CERTIFICATE-----...",
+           "cert_pem": "-----BEGIN CERTIFICATE-----...", "client_cert_pem": "-----BEGIN CERTIFICATE-----..."}
 """
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _hostcheck
@@ -106,6 +134,8 @@ def main() -> None:
             spec={"type": "dict", "required": True},
             accel={"type": "str", "choices": ["kvm", "tcg"]},
             machine={"type": "str"},
+            address={"type": "str"},
+            tls_dir={"type": "path"},
         ),
         _hostcheck.run,
         needs_qmp=False,

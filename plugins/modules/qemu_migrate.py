@@ -15,7 +15,7 @@ description:
     waits until QEMU reports the migration completed. All of this happens inside this one process, reacting to
     events, so no Ansible task boundary adds to the downtime. A mirror that is not READY yet is waited for.
   - Once a second it samples the migration and the disk mirrors, applies the convergence policy O(convergence)
-    and rewrites the progress file C(<run_dir>/<name>.progress.json) with the latest sample (see RV(progress_file)).
+    and rewrites the progress file C(<run_dir>/<name>/progress.json) with the latest sample (see RV(progress_file)).
   - Before the switchover, any failure cancels the migration and the mirrors and leaves the VM running here.
     Once the device state may have reached the target, the source is never resumed; the failure says so.
   - "Post-copy (with C(postcopy-ram) in O(capabilities), and on the target) starts the VM on the target before all
@@ -30,6 +30,7 @@ description:
     to survive a lost controller connection.
 extends_documentation_fragment:
   - livemig.qemu.vm
+  - livemig.qemu.vm.lock
   - livemig.qemu.attributes
   - livemig.qemu.attributes.changes
   - livemig.qemu.attributes.action_group
@@ -119,10 +120,20 @@ options:
     type: float
     default: 60
   target_ran:
-    description: With O(state=cancelled), whether the VM may have run on the target. When V(false) a paused VM here
-      is resumed.
+    description:
+      - With O(state=cancelled), whether the VM may have run on the target. When V(false) a paused VM here is
+        resumed (also one whose migration completed), and this host owns the VM again.
+      - Only a caller that knows the target never let the VM run (M(livemig.qemu.qemu_migrate_incoming)
+        O(livemig.qemu.qemu_migrate_incoming#module:state=aborted) says so) may pass V(false).
     type: bool
     default: true
+  migration_id:
+    description:
+      - The move's id, kept with the phase of the move in this host's record of the VM (C(started), C(switchover) -
+        written before anything that lets the target run the VM leaves this host - C(completed) or
+        C(rolled-back)). A rollback trusts this record, not the target's state.
+      - Generated when left out.
+    type: str
 author:
   - livemig.qemu contributors (@livemig)
 """
@@ -172,9 +183,13 @@ statistics:
     - C(query_migrate), QEMU's final answer.
   returned: when a migration ran
   type: dict
+migration_id:
+  description: The move's id kept in this host's record.
+  returned: when a migration completed
+  type: str
 progress_file:
   description:
-    - The file rewritten (atomically) after every sample, C(<run_dir>/<name>.progress.json). It holds the latest
+    - The file rewritten (atomically) after every sample, C(<run_dir>/<name>/progress.json). It holds the latest
       history sample, C(finished) and C(policy_actions) (the last few actions as text); at the end C(finished) is
       true, and C(outcome) (C(completed), C(failed) or C(cancelled)) and C(message) say how it ended. Removed when
       the VM's QEMU stops.
@@ -217,10 +232,12 @@ def main() -> None:
             stall_timeout={"type": "float", "default": 60},
             switchover_timeout={"type": "float", "default": 60},
             target_ran={"type": "bool", "default": True},
+            migration_id={"type": "str"},
         ),
         _source.run,
         supports_check_mode=True,
         required_if=[("state", "completed", ("uri",))],
+        changes_vm=True,
     )
 
 

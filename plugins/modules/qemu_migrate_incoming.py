@@ -5,26 +5,39 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: qemu_migrate_incoming
-short_description: Target side of a live migration - listen for it, or wait until it has completed
+short_description: Target side of a live migration - listen for it, let the VM run once it is here, or abort it
 version_added: 0.2.0
 description:
-  - The VM must have been started with C(-incoming defer) (M(livemig.qemu.qemu_vm) with O(ignore:state=incoming)).
+  - The VM must have been started with C(-incoming defer) and C(-S) (M(livemig.qemu.qemu_vm) with
+    O(ignore:state=incoming)). Once the migration has delivered it, the VM waits paused.
   - V(listening) sets the migration capabilities and parameters that must match the source, then listens on
     O(address) and a port (O(port=0) picks a free one) and returns the URI the source must use.
-  - V(completed) waits on the VM's job monitor until the migration has completed and the VM runs here, and returns
-    the time QEMU resumed it. Start it (with Ansible C(async)) before the source's switchover to catch that moment.
+  - V(completed) waits on the VM's job monitor until the migration has delivered the VM (or post-copy has begun).
+    Then it records, durably in this host's record of the VM, that the VM runs here (the ran marker), drops the
+    NBD exports and their connections, and lets the VM run; it returns the time QEMU resumed it. Start it (with
+    Ansible C(async)) before the source's switchover to catch that moment. A VM that arrived while no watcher ran
+    is let run the same way.
+  - V(aborted) ends this host's QEMU of the move O(migration_id) unless the VM ran here, and says whether it did
+    (RV(ran)). Without a ran marker a QEMU still waiting for the migration or paused by C(-S) never ran the guest;
+    it is killed, and the marker is read again once it is gone. A VM that ran here is left alone; when its QEMU is
+    gone, this host takes ownership of the VM, since its disks are the newest.
 extends_documentation_fragment:
   - livemig.qemu.vm
+  - livemig.qemu.vm.lock
   - livemig.qemu.attributes
   - livemig.qemu.attributes.changes
   - livemig.qemu.attributes.action_group
   - livemig.qemu.attributes.async
 options:
   state:
-    description: V(listening) or V(completed), see the description.
+    description: V(listening), V(completed) or V(aborted), see the description.
     type: str
-    choices: [listening, completed]
+    choices: [listening, completed, aborted]
     default: listening
+  migration_id:
+    description: The move's id (M(livemig.qemu.qemu_vm) O(livemig.qemu.qemu_vm#module:migration_id)). Required for
+      O(state=aborted), which leaves alone a record of another move.
+    type: str
   address:
     description: Address of this host's migration network to listen on. Required for O(state=listening).
     type: str
@@ -85,9 +98,25 @@ port:
   returned: when O(state=listening)
   type: int
 status:
-  description: QEMU's run state.
+  description: QEMU's run state (null when no QEMU of the VM runs here).
   returned: always
   type: str
+ran:
+  description: Whether the VM ran on this host in this move (null when this host's record belongs to another move).
+  returned: when O(state=aborted)
+  type: bool
+killed:
+  description: Whether a QEMU that never ran the guest was killed.
+  returned: when O(state=aborted) killed one
+  type: bool
+running:
+  description: Whether a QEMU of the VM still runs here.
+  returned: when O(state=aborted)
+  type: bool
+took_ownership:
+  description: This host now owns the VM, which ran here last and whose QEMU is gone.
+  returned: when O(state=aborted) took it
+  type: bool
 resume_time:
   description: QEMU's timestamp (seconds since the epoch) of the RESUME event on this host, when it was seen.
   returned: when O(state=completed)
@@ -106,7 +135,8 @@ from ansible_collections.livemig.qemu.plugins.module_utils._module import run_mo
 def main() -> None:
     run_module(
         vm_argument_spec(
-            state={"type": "str", "default": "listening", "choices": ["listening", "completed"]},
+            state={"type": "str", "default": "listening", "choices": ["listening", "completed", "aborted"]},
+            migration_id={"type": "str"},
             address={"type": "str"},
             port={"type": "int", "default": 0},
             capabilities={"type": "list", "elements": "str", "default": []},
@@ -115,7 +145,8 @@ def main() -> None:
         ),
         _incoming.run,
         supports_check_mode=True,
-        required_if=[("state", "listening", ("address",))],
+        required_if=[("state", "listening", ("address",)), ("state", "aborted", ("migration_id",))],
+        changes_vm=True,
     )
 
 

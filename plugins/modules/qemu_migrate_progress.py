@@ -9,7 +9,7 @@ short_description: Where a running migration stands, as one line for the play's 
 version_added: 0.2.0
 description:
   - Runs on the source host while M(livemig.qemu.qemu_migrate) runs there under Ansible C(async). That module writes
-    its latest progress sample every second to C(<run_dir>/<name>.progress.json) (replacing the file atomically);
+    its latest progress sample every second to C(<run_dir>/<name>/progress.json) (replacing the file atomically);
     this one reads it.
   - Waits up to O(wait) seconds and returns the latest sample, or returns as soon as the sample says the migration
     has finished. Call it in a loop (C(until) on RV(finished)) to print progress while the migration job runs.

@@ -21,6 +21,7 @@ description:
     roll back.
 extends_documentation_fragment:
   - livemig.qemu.vm
+  - livemig.qemu.vm.lock
   - livemig.qemu.attributes
   - livemig.qemu.attributes.changes
   - livemig.qemu.attributes.action_group
@@ -46,7 +47,7 @@ options:
   run_dir:
     description:
       - This host's directory for the VM's volatile files, as O(host.run_dir); the server's pid file is
-        C(<run_dir>/<name>.copy-<label>.pid).
+        C(<run_dir>/<name>/copy-<label>.pid).
       - O(state=listening), O(state=finished) and O(state=absent) need this or O(host); O(state=sent) needs
         neither.
     type: path
@@ -60,7 +61,8 @@ options:
     type: str
   path:
     description:
-      - Absolute path of the destination file on the receiving host.
+      - Absolute path of the destination file on the receiving host. A missing one is created mode 0600 (a disk, or
+        the state file, which holds all of the guest's RAM), never through a symbolic link.
       - An existing file is used only if it has the virtual size O(size) and holds no data; the copy skips the
         source's zero areas, so older data there would survive.
       - A block device is served as it is, raw and cut to O(size), which it must hold; it is never created, replaced
@@ -174,7 +176,7 @@ EXAMPLES = r"""
     run_dir: /run/livemig
     image_dir: /var/lib/livemig/images
     label: state
-    path: /var/lib/livemig/images/web1.state
+    path: /var/lib/livemig/images/web1/state
   delegate_to: hv2
 """
 
@@ -256,7 +258,7 @@ def main() -> None:
     # The sending host needs no VM record, hence no VM name and no host locations.
     spec["name"] = {**spec["name"], "required": False}
     run_module(spec, _copy.run, needs_qmp=False, host_required=False, supports_check_mode=True,
-               required_if=_copy.REQUIRED_IF)
+               required_if=_copy.REQUIRED_IF, changes_vm=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ description:
   - The server's address and port are kept in this host's record of the VM, never on another host.
 extends_documentation_fragment:
   - livemig.qemu.vm
+  - livemig.qemu.vm.lock
   - livemig.qemu.attributes
   - livemig.qemu.attributes.changes
   - livemig.qemu.attributes.action_group
@@ -89,6 +90,7 @@ def main() -> None:
         _nbdexport.run,
         supports_check_mode=True,
         required_if=[("state", "present", ("address",))],
+        changes_vm=True,
     )
 
 

@@ -9,10 +9,12 @@ short_description: Run any QMP command on a VM's monitor
 version_added: 0.2.0
 description:
   - Sends one QMP command to the VM's monitor and returns QEMU's answer, optionally filtered by a JMESPath query.
-  - Commands named C(query-*) only read; they report no change and also run in check mode. Any other command
-    reports a change and is skipped in check mode.
+  - Commands named C(query-*) only read; they report no change, also run in check mode and take no lease, so they
+    also run while another play holds the VM (O(lock_id)). Any other command reports a change and is skipped in
+    check mode.
 extends_documentation_fragment:
   - livemig.qemu.vm
+  - livemig.qemu.vm.lock
   - livemig.qemu.attributes
   - livemig.qemu.attributes.action_group
 attributes:
@@ -91,6 +93,7 @@ def main() -> None:
         ),
         _qmpcommand.run,
         supports_check_mode=True,
+        changes_vm=lambda params: not params["command"].startswith("query-"),
     )
 
 

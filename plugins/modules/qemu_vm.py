@@ -17,6 +17,7 @@ description:
   - An existing disk image at a disk's path is used as it is; a missing one is created.
 extends_documentation_fragment:
   - livemig.qemu.vm
+  - livemig.qemu.vm.lock
   - livemig.qemu.attributes
   - livemig.qemu.attributes.changes
   - livemig.qemu.attributes.action_group
@@ -24,9 +25,11 @@ options:
   state:
     description:
       - V(running) starts the VM if it does not run. On a migration target whose incoming migration has completed,
-        it makes this host the owner.
+        it makes this host the owner (and lets a VM that still waits paused run, after recording that it runs
+        here).
       - V(incoming) starts the VM paused, waiting for an incoming migration (C(-incoming defer)), with fresh local
-        disks of the source's size. Needs O(migration_target), O(machine) and O(accel).
+        disks of the source's size. Needs O(migration_target), O(machine) and O(accel). It stays paused after the
+        migration (C(-S)) until M(livemig.qemu.qemu_migrate_incoming) has recorded that it runs here.
       - V(stopped) stops QEMU (ACPI power-down for up to O(powerdown_timeout) seconds, then quit). Ownership and
         disks stay.
       - V(absent) ends QEMU at once, deletes the local disks (unless O(keep_disks)) and this host's record.
@@ -49,7 +52,7 @@ options:
         QEMU opens each NIC's tap (C(lm) + 12 hex digits, the same name on every host); this module puts it on the
         bridge and up. The tap goes when the QEMU goes.
       - C(cdrom), a read-only image; C(rng) (virtio-rng); C(guest_agent) (a virtio-serial channel for
-        qemu-guest-agent, C(<run_dir>/<name>.qga)).
+        qemu-guest-agent, C(<run_dir>/<name>/qga)).
     type: dict
   qemu_binary:
     description: QEMU system emulator to run, as O(host.qemu_binary) (which takes its place when O(host) is given).
@@ -77,6 +80,10 @@ options:
     description: Accelerator to use (V(kvm) or V(tcg)), pinned from the source for O(state=incoming).
     type: str
     choices: [kvm, tcg]
+  migration_id:
+    description: With O(state=incoming), the move's id, kept in this host's record of the VM with the ran marker
+      (see M(livemig.qemu.qemu_migrate_incoming)).
+    type: str
   disk_sizes:
     description: Virtual size in bytes per disk name, for the fresh local disks of O(state=incoming).
     type: dict
@@ -191,6 +198,7 @@ def main() -> None:
             migration_target={"type": "bool", "default": False},
             machine={"type": "str"},
             accel={"type": "str", "choices": ["kvm", "tcg"]},
+            migration_id={"type": "str"},
             disk_sizes={"type": "dict", "default": {}},
             keep_disks={"type": "bool", "default": False},
             powerdown_timeout={"type": "float", "default": 120},
@@ -198,6 +206,7 @@ def main() -> None:
         _lifecycle.run,
         supports_check_mode=True,
         required_if=[("state", "running", ("spec",)), ("state", "incoming", ("spec", "machine", "accel"))],
+        changes_vm=True,
     )
 
 

@@ -20,9 +20,10 @@ description:
     O(resume=true), starts the VM. On failure that QEMU holds no usable VM; remove it.
   - V(absent) deletes O(path) (and a leftover C(<path>.partial)); no VM needs to run.
   - Ownership records are not touched; the caller decides who owns the VM.
-  - Uses the VM's job monitor (C(<run_dir>/<name>.job.qmp)), so other modules can still use the main one.
+  - Uses the VM's job monitor (C(<run_dir>/<name>/job.qmp)), so other modules can still use the main one.
 extends_documentation_fragment:
   - livemig.qemu.vm
+  - livemig.qemu.vm.lock
   - livemig.qemu.attributes
   - livemig.qemu.attributes.changes
   - livemig.qemu.attributes.action_group
@@ -40,7 +41,7 @@ options:
   path:
     description:
       - Absolute path of the state file on this host. It holds the guest's RAM; it is created with mode 0600.
-      - Defaults to C(<state_dir>/<name>.state), with O(state_dir) (or O(host.state_dir)) as in the VM options.
+      - Defaults to C(<state_dir>/<name>/state), with O(state_dir) (or O(host.state_dir)) as in the VM options.
     type: path
   timeout:
     description: Seconds the transfer of the state may take before it is abandoned.
@@ -95,7 +96,7 @@ path:
   description: The state file.
   returned: always
   type: str
-  sample: /var/lib/livemig/images/web1.state
+  sample: /var/lib/livemig/images/web1/state
 msg:
   description: What was done, or would be done in check mode, or why nothing changed.
   returned: always
@@ -159,6 +160,7 @@ def main() -> None:
         ),
         _vmstate.run,
         supports_check_mode=True,
+        changes_vm=True,
     )
 
 

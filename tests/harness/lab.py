@@ -52,6 +52,11 @@ def lab_path(host: str, kind: str, name: str) -> str:
     return os.path.join(LAB_DIR, host, kind, name)
 
 
+def vm_file(host: str, kind: str, name: str, filename: str) -> str:
+    """A file in VM `name`'s own directory of a lab host's run or state directory, e.g. run/web1/qmp."""
+    return os.path.join(LAB_DIR, host, kind, name, filename)
+
+
 @dataclass
 class PlayResult:
     rc: int
@@ -207,11 +212,11 @@ class Lab:
         assert not result.failed, result.output
 
     def tap(self, name: str) -> guestcheck.SerialTap:
-        return guestcheck.SerialTap([(host, lab_path(host, "run", f"{name}.serial")) for host in HOSTS]).start()
+        return guestcheck.SerialTap([(host, vm_file(host, "run", name, "serial")) for host in HOSTS]).start()
 
     def pid(self, host: str, name: str) -> int | None:
         try:
-            with open(lab_path(host, "run", f"{name}.pid"), encoding="ascii") as handle:
+            with open(vm_file(host, "run", name, "pid"), encoding="ascii") as handle:
                 pid = int(handle.read())
         except (OSError, ValueError):
             return None
@@ -219,31 +224,40 @@ class Lab:
             with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
                 alive = handle.read().split(") ", 1)[1][0] != "Z"
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                ours = f"{name}.qmp".encode() in handle.read()
+                ours = f"/{name}/qmp".encode() in handle.read()
         except (OSError, IndexError):
             return None
         return pid if alive and ours else None
 
     def record(self, host: str, name: str) -> dict | None:
         try:
-            with open(lab_path(host, "state", f"{name}.json"), encoding="utf-8") as handle:
+            with open(vm_file(host, "state", name, "record.json"), encoding="utf-8") as handle:
                 return json.load(handle)
         except FileNotFoundError:
             return None
 
     def qmp(self, host: str, name: str, command: str, arguments: dict | None = None):
-        with QMPSession(lab_path(host, "run", f"{name}.qmp"), connect_timeout=10) as session:
+        with QMPSession(vm_file(host, "run", name, "qmp"), connect_timeout=10) as session:
             return session.execute(command, arguments)
 
+    def vm_dirs(self, name: str) -> list[str]:
+        """The VM's own directories on the lab hosts (run/<vm>, state/<vm>) that exist."""
+        candidates = [os.path.join(LAB_DIR, host, kind, name) for host in HOSTS for kind in ("run", "state")]
+        return [path for path in candidates if os.path.isdir(path)]
+
     def files(self, name: str) -> dict[str, float]:
-        """Every lab file of a VM, with its modification time: a change shows up here."""
+        """Every lab file of a VM, with its modification time: a change shows up here. Its images and their token
+        files, and everything in its own directories."""
         found = {}
         directories = [os.path.join(LAB_DIR, host, kind) for host in HOSTS for kind in ("images", "run", "state")]
         for directory in directories + [os.path.join(LAB_DIR, "shared")]:
             for entry in os.listdir(directory) if os.path.isdir(directory) else []:
-                if entry.startswith((f"{name}-", f"{name}.", f".{name}-")):
-                    path = os.path.join(directory, entry)
+                path = os.path.join(directory, entry)
+                if entry.startswith((f"{name}-", f".{name}-")) and not os.path.isdir(path):
                     found[path] = os.stat(path).st_mtime
+        for directory in self.vm_dirs(name):
+            for entry in os.listdir(directory):
+                found[os.path.join(directory, entry)] = os.stat(os.path.join(directory, entry)).st_mtime
         return found
 
     def taps(self, host: str, bridge: str = GUEST_BRIDGE) -> set[str]:
@@ -262,6 +276,8 @@ class Lab:
         time.sleep(0.2)
         for path in self.files(name):
             os.unlink(path)
+        for directory in self.vm_dirs(name):
+            os.rmdir(directory)
 
 
 def build_guest() -> dict[str, str]:

@@ -93,3 +93,23 @@ def test_check_mode_changes_nothing(lab, running_vm):
     assert lab.files(running_vm) == before
     assert lab.pid("hv2", running_vm) is None
     assert lab.qmp("hv1", running_vm, "query-status")["status"] == "running"
+
+
+@pytest.mark.parametrize("variable,value,expected", [
+    ("livemig_max_downtime_ms", -5, "livemig_max_downtime_ms must be a whole number from 1 to 2000000"),
+    ("livemig_max_bandwidth", -1, "livemig_max_bandwidth must be a whole number from 0 to"),
+    ("livemig_progress_interval", 0, "livemig_progress_interval must be a whole number from 1 to 3600"),
+    ("livemig_stall_timeout", 0, "livemig_stall_timeout must be a whole number of at least 1"),
+])
+def test_a_number_out_of_range_is_refused_by_the_plan(lab, running_vm, variable, value, expected):
+    refused(lab, running_vm, expected, **{variable: value})
+
+
+@pytest.mark.parametrize("address,expected", [
+    ("0.0.0.0", "the migration address of hv2 is 0.0.0.0, which listens on every interface"),
+    ("198.51.100.77", "hv2 cannot listen on its migration address 198.51.100.77 (livemig_migration_address): "
+                      "this host does not have that address (EADDRNOTAVAIL)"),
+])
+def test_a_migration_address_the_target_cannot_listen_on_is_refused(lab, running_vm, host_vars, address, expected):
+    host_vars("hv2", livemig_migration_address=address)
+    refused(lab, running_vm, expected)

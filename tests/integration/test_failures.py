@@ -10,6 +10,8 @@ from conftest import guestcheck, lab_path, link, precopy_running, wait_until, wa
 
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import tap_name
 
+STATE_FILES = ("/state", "/state.partial")  # a VM's state file in <state_dir>/<vm>/, and one half written
+
 NIC = [{"name": "lan", "bridge": "lmguest"}]
 
 
@@ -108,7 +110,7 @@ def test_stateful_copy_fails_after_the_save(lab, vm):
         assert lab.qmp("hv1", name, "query-status")["status"] == "running", "the source must run again"
         assert lab.record("hv1", name)["owner"] is True
         assert lab.pid("hv2", name) is None and lab.record("hv2", name) is None
-        leftovers = [path for path in lab.files(name) if "/hv2/" in path or path.endswith(".state")]
+        leftovers = [path for path in lab.files(name) if "/hv2/" in path or path.endswith(STATE_FILES)]
         assert leftovers == [], leftovers
         after = time.monotonic()
         tap.wait_for(r"^PC \d+ OK", label="hv1", timeout=60, since=after)

@@ -6,6 +6,8 @@ import time
 
 from conftest import LAB_DIR, finish_and_check_disk, last_ring, migrate_and_check, move_and_verify, watched
 
+STATE_FILES = ("/state", "/state.partial")  # a VM's state file in <state_dir>/<vm>/, and one half written
+
 
 def test_preflight_prints_the_plan_and_changes_nothing(lab, vm):
     name = vm("idle")
@@ -35,7 +37,7 @@ def test_stateful_move_continues_the_guest(lab, vm):
         assert report["frozen_ms"] > 0 and report["state_bytes"] > 0
         # Only allocated data crossed: the prefilled 8 MiB and the ring, not the empty 1 GiB.
         assert 8 << 20 <= report["disk_bytes"] < 64 << 20, report
-        leftovers = [path for path in lab.files(name) if path.endswith(".state")]
+        leftovers = [path for path in lab.files(name) if path.endswith(STATE_FILES)]
         assert leftovers == [], "the state files must be gone on both hosts"
         # Back to hv1, which kept its now stale copy of the disk (livemig_keep_source_disks): it is replaced.
         migrate_and_check(lab, tap, name, "hv2", "hv1", method="stateful", livemig_method="stateful")

@@ -17,6 +17,7 @@ os.symlink(REPO, os.path.join(COLLECTIONS, "ansible_collections", "livemig", "qe
 sys.path.insert(0, COLLECTIONS)
 
 from ansible_collections.livemig.qemu.plugins.module_utils._command import Completed, Program  # noqa: E402
+from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths  # noqa: E402
 
 QEMU = shutil.which("qemu-system-x86_64")
 MODULES = os.path.join(REPO, "plugins", "modules")
@@ -61,10 +62,13 @@ def qemu_program() -> Program:
 
 
 class Qemu:
-    """A QEMU process started by a test, ended by pid when the test is done."""
+    """A QEMU process started by a test, ended by pid when the test is done. Its monitor is where the collection
+    looks for VM `name` with `directory` as the host's run directory (`paths`)."""
 
     def __init__(self, directory: str, name: str, *extra: str, binary: str | None = None):
-        self.qmp = os.path.join(directory, f"{name}.qmp")
+        self.paths = VMPaths.on_host(name, directory)
+        self.qmp = self.paths.qmp
+        os.makedirs(self.paths.vm_run_dir, mode=0o700, exist_ok=True)
         argv = [binary or QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-accel", "tcg",
                 "-chardev", f"socket,id=qmp,path={self.qmp},server=on,wait=off", "-mon", "chardev=qmp,mode=control",
                 *extra]

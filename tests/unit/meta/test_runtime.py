@@ -40,9 +40,9 @@ PLAYBOOK = """
 
 def test_module_defaults_for_the_group_reach_its_members(tmp_path):
     run_dir, image_dir, results = tmp_path / "run", tmp_path / "images", tmp_path / "results.json"
-    run_dir.mkdir()
-    save_record(str(image_dir / "vm1.json"), HostRecord(vm="vm1", owner=True))
-    (run_dir / "vm2.pid").write_text("999999999\n", encoding="ascii")
+    (run_dir / "vm2").mkdir(parents=True)
+    save_record(str(image_dir / "vm1" / "record.json"), HostRecord(vm="vm1", owner=True))
+    (run_dir / "vm2" / "pid").write_text("999999999\n", encoding="ascii")
     playbook = tmp_path / "play.yml"
     playbook.write_text(PLAYBOOK.format(run_dir=run_dir, image_dir=image_dir, results=results), encoding="utf-8")
     env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": conftest.COLLECTIONS,
@@ -57,7 +57,7 @@ def test_module_defaults_for_the_group_reach_its_members(tmp_path):
         registered = json.load(handle)
     vms = registered["facts"]["ansible_facts"]["livemig_qemu"]["vms"]
     assert sorted(vms) == ["vm1", "vm2"] and vms["vm1"]["owner"] is True and vms["vm2"]["running"] is False
-    assert registered["progress"]["path"] == str(run_dir / "vm1.progress.json")
+    assert registered["progress"]["path"] == str(run_dir / "vm1" / "progress.json")
 
 
 def test_the_group_holds_the_modules_that_document_its_membership():
@@ -69,4 +69,4 @@ def test_the_group_holds_the_modules_that_document_its_membership():
             if "  - livemig.qemu.attributes.action_group\n" in handle.read():
                 documented.append(os.path.basename(path)[:-len(".py")])
     assert sorted(group) == documented
-    assert len(documented) == 13
+    assert len(documented) == 15

@@ -358,22 +358,24 @@ def test_migration_with_disk_mirror(pair):
     assert check.returncode == 0 and "verification failed" not in check.stdout, check.stdout
 
 
-def test_migration_without_disks_does_not_pause_before_switchover(pair):
+def test_the_point_of_no_return_is_marked_while_the_source_waits_before_the_switchover(pair):
     vms = pair(disk=False)
-    # Left on by an earlier run: the migration must switch it off, or QEMU would wait for a continue.
-    vms.src.execute("migrate-set-capabilities", {"capabilities": [
-        {"capability": "pause-before-switchover", "state": True}]})
+    statuses_when_marked = []
+
+    def mark():
+        statuses_when_marked.append((vms.src.execute("query-migrate")["status"],
+                                     vms.tgt.execute("query-status")["status"]))
+
     with vms.src.subscribe(["MIGRATION"]) as events:
-        stats = SourceMigration(vms.src, MigrationSettings(uri=vms.uri, sample_interval=0.2)).run()
+        stats = SourceMigration(vms.src, MigrationSettings(uri=vms.uri, sample_interval=0.2,
+                                                           before_point_of_no_return=mark)).run()
         seen = []
         while (event := events.get(0.1)) is not None:
             seen.append(event["data"]["status"])
-    assert stats["status"] == "completed"
-    assert stats["mirror_processed_bytes"] is None
-    assert "pre-switchover" not in seen and seen[-1] == "completed"
-    capabilities = {c["capability"]: c["state"] for c in vms.src.execute("query-migrate-capabilities")}
-    assert capabilities["pause-before-switchover"] is False
-    assert capabilities["events"] is True
+    assert stats["status"] == "completed" and stats["mirror_processed_bytes"] == 0
+    # Marked once, with the source paused at pre-switchover and the target still waiting for the device state.
+    assert statuses_when_marked == [("pre-switchover", "inmigrate")]
+    assert "pre-switchover" in seen and seen[-1] == "completed"
     parameters = vms.src.execute("query-migrate-parameters")
     assert parameters["max-bandwidth"] == UNLIMITED_BANDWIDTH
     assert parameters["downtime-limit"] == 100  # the auto policy starts low; it raises the limit only on a stall

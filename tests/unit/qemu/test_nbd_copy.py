@@ -9,6 +9,7 @@ import conftest
 import pytest
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _nbdcopy
+from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
 from ansible_collections.livemig.qemu.plugins.module_utils._state import load_record, process_alive
 
 MB = 1 << 20
@@ -54,7 +55,7 @@ class Copier:
         return self.run(receiving=False, state="sent", src=src, uri=uri, **args)
 
     def record(self):
-        return load_record(os.path.join(self.dirs["image_dir"], f"{VM}.json"), VM)
+        return load_record(VMPaths.on_host(VM, self.dirs["run_dir"], self.dirs["image_dir"]).record, VM)
 
     def kill_leftovers(self):
         for server in self.servers:
@@ -95,7 +96,7 @@ def test_qcow2_copy_lands_identical_and_sparse(copier, tmp_path):
 
 
 def test_raw_state_file_copy_is_identical_byte_for_byte(copier, tmp_path):
-    src, dst = tmp_path / "vm1.state", tmp_path / "images" / "vm1.state"
+    src, dst = tmp_path / "saved-state", tmp_path / "images" / "vm1" / "state"  # the target's default state file
     head, tail = os.urandom(3 * MB + 123), os.urandom(777)
     with open(src, "wb") as handle:
         handle.write(head)
@@ -226,7 +227,7 @@ def test_a_server_started_through_the_host_dict_is_found_through_the_options(cop
                            size=8 * MB, address="127.0.0.1")
     assert listening["changed"] is True
     assert copier.record().volatile["copy:root"]["pid"] == listening["pid"]
-    pidfile = tmp_path / "run" / f"{VM}.copy-root.pid"
+    pidfile = tmp_path / "run" / VM / "copy-root.pid"
     assert int(pidfile.read_text()) == listening["pid"]
 
     assert copier.run(state="absent", label="root", path=dst)["changed"] is True

@@ -24,13 +24,13 @@ def test_exports_through_the_host_dict_are_found_through_the_options(qemu, tmp_p
 
     planned = export(tmp_path, check_mode=True, address="127.0.0.1", disks=["root"], **host)
     assert planned["changed"] is True and planned["exports"] == {} and "port" not in planned
-    assert load_record(str(tmp_path / "vm1.json"), "vm1") is None
+    assert load_record(str(tmp_path / "vm1" / "record.json"), "vm1") is None
 
     started = export(tmp_path, address="127.0.0.1", disks=["root"], **host)
     assert started["changed"] is True and started["host"] == "127.0.0.1" and list(started["exports"]) == ["root"]
     with socket.create_connection(("127.0.0.1", started["port"]), timeout=5):
         pass
-    assert load_record(str(tmp_path / "vm1.json"), "vm1").volatile["nbd"] == {
+    assert load_record(str(tmp_path / "vm1" / "record.json"), "vm1").volatile["nbd"] == {
         "host": "127.0.0.1", "port": started["port"], "exports": started["exports"]}
 
     again = export(tmp_path, address="127.0.0.1", disks=["root"], **options)
@@ -38,7 +38,7 @@ def test_exports_through_the_host_dict_are_found_through_the_options(qemu, tmp_p
     assert (again["port"], again["exports"]) == (started["port"], started["exports"])
 
     assert export(tmp_path, state="absent", **options)["changed"] is True
-    assert "nbd" not in load_record(str(tmp_path / "vm1.json"), "vm1").volatile
+    assert "nbd" not in load_record(str(tmp_path / "vm1" / "record.json"), "vm1").volatile
     assert export(tmp_path, state="absent", **host)["changed"] is False
 
 
@@ -50,5 +50,5 @@ def test_a_busy_port_that_was_asked_for_fails_naming_the_monitor(qemu, tmp_path)
         result = conftest.run_module("qemu_nbd_export", tmp_path, name="vm1", host={"run_dir": str(tmp_path)},
                                      address="127.0.0.1", port=busy.getsockname()[1], disks=["root"])
     assert result["failed"] is True
-    assert result["msg"].startswith(f"QMP on {tmp_path / 'vm1.qmp'}: ") and result["qmp_command"] == "nbd-server-start"
-    assert load_record(str(tmp_path / "vm1.json"), "vm1") is None
+    assert result["msg"].startswith(f"QMP on {tmp_path / 'vm1' / 'qmp'}: ") and result["qmp_command"] == "nbd-server-start"
+    assert load_record(str(tmp_path / "vm1" / "record.json"), "vm1") is None

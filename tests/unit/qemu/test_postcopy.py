@@ -110,7 +110,8 @@ def test_postcopy_early_starts_after_the_first_pass(pair):
     assert [action["action"] for action in stats["policy_actions"]] == ["start-postcopy"]
     first_pass_done = next(point["t"] for point in stats["history"] if (point["passes"] or 0) >= 2)
     assert stats["policy_actions"][0]["t"] == first_pass_done
-    assert "pre-switchover" not in statuses and statuses[-3:] == ["device", "postcopy-active", "completed"]
+    # The source waits before the post-copy too (the point of no return is marked there), then goes on.
+    assert statuses[-4:] == ["pre-switchover", "device", "postcopy-active", "completed"]
     assert wait_status(vms.tgt, "running") == "running" and runs_on_target(vms)
     assert random_area_arrived(vms)
 
@@ -194,14 +195,14 @@ def test_incoming_capabilities_and_parameters_are_checked_then_set(qemu, tmp_pat
                            capabilities=["postcopy-ram"], parameters={"multifd-channels": "4"})
     assert listening.get("failed") is not True, listening
     assert listening["changed"] is True and listening["uri"].startswith("tcp:127.0.0.1:")
-    with QMPSession(str(tmp_path / "vm1.qmp"), connect_timeout=5) as session:
+    with QMPSession(str(tmp_path / "vm1" / "qmp"), connect_timeout=5) as session:
         capabilities = {c["capability"]: c["state"] for c in session.execute("query-migrate-capabilities")}
         assert capabilities["postcopy-ram"] is True and capabilities["events"] is True
         assert session.execute("query-migrate-parameters")["multifd-channels"] == 4
 
 
 def test_qemu_migrate_refuses_postcopy_early_without_postcopy_ram(qemu, tmp_path):
-    qemu("vm1", "-machine", "pc", "-m", "32", "-qmp", f"unix:{tmp_path / 'vm1.job.qmp'},server=on,wait=off")
+    qemu("vm1", "-machine", "pc", "-m", "32", "-qmp", f"unix:{tmp_path / 'vm1' / 'job.qmp'},server=on,wait=off")
     result = run_module(tmp_path, "qemu_migrate", name="vm1", uri="tcp:127.0.0.1:9", convergence="postcopy-early")
     assert result["failed"] is True and "postcopy-early needs postcopy-ram in capabilities" in result["msg"]
     result = run_module(tmp_path, "qemu_migrate", name="vm1", uri="tcp:127.0.0.1:9", capabilities=["postcopy-rma"])

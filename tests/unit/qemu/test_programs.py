@@ -60,7 +60,7 @@ def test_vm_without_qemu_img_creates_no_disk(tmp_path):
                                  claim=True)
     assert result["failed"] is True and result["msg"] == NO_QEMU_IMG
     assert not (tmp_path / "images" / "vm1-root.qcow2").exists()
-    assert not (tmp_path / "run" / "vm1.pid").exists()
+    assert not (tmp_path / "run" / "vm1" / "pid").exists()
 
 
 def test_storage_check_without_qemu_img_writes_no_token(tmp_path):

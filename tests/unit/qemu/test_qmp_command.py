@@ -32,4 +32,4 @@ def test_a_command_that_changes_runs_outside_check_mode_only(qemu, tmp_path):
 def test_a_missing_monitor_fails_naming_it(tmp_path):
     result = conftest.run_module("qemu_qmp", tmp_path, name="vm1", host={"run_dir": str(tmp_path)},
                                  command="query-status", monitor="job", connect_timeout=0.5)
-    assert result["failed"] is True and result["msg"].startswith(f"QMP on {tmp_path / 'vm1.job.qmp'}: ")
+    assert result["failed"] is True and result["msg"].startswith(f"QMP on {tmp_path / 'vm1' / 'job.qmp'}: ")

@@ -8,6 +8,7 @@ import conftest
 import pytest
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _statefile
+from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
 from ansible_collections.livemig.qemu.plugins.module_utils._probe import host_facts
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPSession
 from ansible_collections.livemig.qemu.plugins.module_utils._schema import schema_features
@@ -248,16 +249,17 @@ def run_module(tmp_path, check=False, **args):
 
 
 def vm_args(tmp_path, name, **kwargs):
-    return [*guest_args(tmp_path, name, **kwargs), "-pidfile", str(tmp_path / f"{name}.pid"),
-            "-chardev", f"socket,id=job,path={tmp_path / name}.job.qmp,server=on,wait=off",
-            "-mon", "chardev=job,mode=control"]
+    """The guest as VM `name` of a host whose run directory is tmp_path: its pid file and its job monitor."""
+    paths = VMPaths.on_host(name, str(tmp_path))
+    return [*guest_args(tmp_path, name, **kwargs), "-pidfile", paths.pidfile,
+            "-chardev", f"socket,id=job,path={paths.job_qmp},server=on,wait=off", "-mon", "chardev=job,mode=control"]
 
 
 def test_module_save_restore_absent(qemu, tmp_path, sessions):
     first = qemu("vm1", *vm_args(tmp_path, "vm1"))
     vm = sessions(first)
     wait_counting(vm)
-    path = tmp_path / "vm1.state"  # the default: <state_dir>/<name>.state, state_dir defaulting to run_dir
+    path = tmp_path / "vm1" / "state"  # the default: <state_dir>/<name>/state, state_dir defaulting to run_dir
 
     check = run_module(tmp_path, check=True, state="saved")
     assert check["changed"] is True and "would stop" in check["msg"]

@@ -83,11 +83,11 @@ def test_a_vm_with_every_kind_of_device_starts_stops_and_goes(tmp_path, host, lo
         assert set(on_bridge) == set(taps.values())
         assert on_bridge[taps["san"]]["mtu"] == 1400 and "UP" in on_bridge[taps["san"]]["flags"]
         assert on_bridge[taps["san"]]["address"] == "fe:54:00:ab:cd:ef"
-        record = json.loads((tmp_path / "images" / "vm1.json").read_text())
+        record = json.loads((tmp_path / "images" / "vm1" / "record.json").read_text())
         assert record["volatile"]["taps"] == taps and record["owner"] is True
         nvram = tmp_path / "images" / "vm1-nvram.raw"
         assert nvram.stat().st_size == uefi["vars_size"] and stat.S_IMODE(nvram.stat().st_mode) == 0o600
-        with QMPSession(str(tmp_path / "run" / "vm1.qmp")) as session:
+        with QMPSession(str(tmp_path / "run" / "vm1" / "qmp")) as session:
             macs = {nic: session.execute("query-rx-filter", {"name": f"net-{nic}"})[0]["main-mac"]
                     for nic in ("lan", "san")}
             assert macs == {"lan": derived_mac("vm1", "lan"), "san": "52:54:00:ab:cd:ef"}
@@ -100,14 +100,14 @@ def test_a_vm_with_every_kind_of_device_starts_stops_and_goes(tmp_path, host, lo
             assert nodes["disk-cdrom"]["ro"] is True and nodes["fw-code"]["ro"] is True
             assert nodes["disk-nvram"]["ro"] is False
             assert "qga0" in {chardev["label"] for chardev in session.execute("query-chardev")}
-        assert os.path.exists(tmp_path / "run" / "vm1.qga")
+        assert os.path.exists(tmp_path / "run" / "vm1" / "qga")
         nvram_inode = nvram.stat().st_ino
 
         stopped = conftest.run_module("qemu_vm", tmp_path, prefix=host.prefix, state="stopped", powerdown_timeout=0,
                                       **dirs(tmp_path))
         assert stopped["changed"] is True and stopped["stopped_by"] == "quit", stopped
         assert not any(host.has_link(tap) for tap in taps.values()), "the taps went with their QEMU"
-        assert json.loads((tmp_path / "images" / "vm1.json").read_text())["volatile"] == {}
+        assert json.loads((tmp_path / "images" / "vm1" / "record.json").read_text())["volatile"] == {}
 
         again = conftest.run_module("qemu_vm", tmp_path, prefix=host.prefix, spec=spec, **dirs(tmp_path))
         assert again["status"] == "running", again
@@ -143,7 +143,7 @@ def refused(tmp_path, host, spec, prefix=None):
     result = conftest.run_module("qemu_vm", tmp_path, prefix=prefix or host.prefix, spec=spec, claim=True,
                                  **dirs(tmp_path))
     assert result.get("failed") is True, result
-    assert not os.path.exists(tmp_path / "run" / "vm1.pid") and not host.links("master", "br0")
+    assert not os.path.exists(tmp_path / "run" / "vm1" / "pid") and not host.links("master", "br0")
     images = tmp_path / "images"
     assert not images.exists() or os.listdir(images) == [], "nothing created"
     return result["msg"]

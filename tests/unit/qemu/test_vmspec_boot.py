@@ -42,7 +42,7 @@ def test_build_argv_starts_a_real_qemu(tmp_path):
                                       disks=[{"name": "root", "size_mb": 8}]))
     vm_paths = paths(tmp_path)
     os.makedirs(vm_paths.image_dir)
-    os.makedirs(vm_paths.run_dir)
+    os.makedirs(vm_paths.vm_run_dir)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", vm_paths.disk(spec.disks[0]), "8M"], check=True)
     argv = build_argv(spec, vm_paths, QEMU, machine, "tcg")
     result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, check=False)

@@ -31,10 +31,10 @@ BAD_INPUTS = [
          "source": {"name": "hv1", "facts": {}}, "target": {"name": "hv2", "facts": {"machines": [[]]}}}),
      "malformed facts or spec"),
     ("KVM check without facts", lambda: migration_plan.migration_needs_kvm(None, "a", {}), "expects the source's"),
-    ("rollback of a string", lambda: migration_after_failure.migration_after_failure("boom", {}, {}, "copy"),
+    ("rollback of a string", lambda: migration_after_failure.migration_after_failure("boom", {}, {}, {}, "copy", "m"),
      "expects the failed task's result"),
     ("rollback without a plan's method", lambda: migration_after_failure.migration_after_failure(
-        {"msg": "x"}, {"vm": "a"}, {}, "copy"), "malformed plan or facts"),
+        {"msg": "x"}, {"vm": "a"}, {}, {}, "copy", "m"), "malformed plan or facts"),
     ("result of nothing", lambda: migration_result.migration_result(None, {}, 0, 0), "expects the move's"),
     ("result of an unknown method", lambda: migration_result.migration_result({}, {"method": None}, 0, 0),
      "no figures for method None"),

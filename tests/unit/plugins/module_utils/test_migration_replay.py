@@ -50,9 +50,10 @@ def test_a_migration_without_disks_completes_with_qemus_statistics(replay):
     assert (stats["ram_transferred"], stats["ram_total"], stats["passes"]) == (
         final["ram"]["transferred"], final["ram"]["total"], final["ram"]["dirty-sync-count"])
     assert stats["query_migrate"] == final and stats["policy_actions"] == [] and stats["postcopy_started"] is False
-    assert stats["mirror_processed_bytes"] is None and stats["source_stop_time"] <= stats["completed_time"]
-    assert commands(session) == ["migrate-set-capabilities", "migrate-set-parameters", "migrate"]
-    assert capabilities(session) == {"events": True, "pause-before-switchover": False}  # it was left on
+    assert stats["mirror_processed_bytes"] == 0 and stats["source_stop_time"] <= stats["completed_time"]
+    # Paused before the switchover without disks too: the point of no return is marked before the device state.
+    assert commands(session) == ["migrate-set-capabilities", "migrate-set-parameters", "migrate", "migrate-continue"]
+    assert capabilities(session) == {"events": True, "pause-before-switchover": True}
     assert sent(session, "migrate-set-parameters")[0]["downtime-limit"] == 100  # auto starts low
 
 
@@ -147,7 +148,7 @@ def test_a_failure_during_post_copy_never_resumes_the_source(replay):
     assert isinstance(failure, MigrationFailed)
     assert failure.phase == "post-copy" and failure.source_running is False and failure.target_may_have_run
     assert "postcopy-paused" in failure.cause and "never resume the source" in failure.cause
-    assert commands(session)[-1] == "migrate-start-postcopy"
+    assert commands(session)[-2:] == ["migrate-start-postcopy", "migrate-continue"]
     assert failure.stats["postcopy_started"] is True and failure.stats["policy"] == "postcopy-early"
 
 

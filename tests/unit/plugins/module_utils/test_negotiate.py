@@ -221,6 +221,24 @@ def test_summary_of_an_impossible_plan_lists_every_reason():
     ({"multifd_compression": 3}, None, "livemig_multifd_compression must be a name"),
     ({"convergence": "hope"}, None, "livemig_convergence must be one of defaults, auto, postcopy-early"),
     ({"allow_postcopy": "no"}, None, "livemig_allow_postcopy must be true or false"),
+    ({"max_downtime_ms": -5}, None,
+     "livemig_max_downtime_ms must be a whole number from 1 to 2000000 (milliseconds; QEMU allows at most 2000 s), "
+     "got -5"),
+    ({"max_downtime_ms": 2000001}, None, "livemig_max_downtime_ms must be a whole number from 1 to 2000000"),
+    ({"max_bandwidth": -1}, None,
+     "livemig_max_bandwidth must be a whole number from 0 to 9223372036854775807 (bytes per second, 0 for no cap), "
+     "got -1"),
+    ({"max_bandwidth": "-1"}, None, "livemig_max_bandwidth must be a whole number from 0"),
+    ({"max_bandwidth": "fast"}, None, "livemig_max_bandwidth must be a whole number from 0"),
+    ({"progress_interval": 0}, None,
+     "livemig_progress_interval must be a whole number from 1 to 3600 (seconds between two progress lines), got 0"),
+    ({"migration_timeout": 0}, None, "livemig_migration_timeout must be a whole number of at least 1 (seconds), got 0"),
+    ({"mirror_timeout": -3600}, None, "livemig_mirror_timeout must be a whole number of at least 1 (seconds)"),
+    ({"stall_timeout": 0}, None, "livemig_stall_timeout must be a whole number of at least 1 (seconds), got 0"),
+    ({"guest_ping_timeout": -1}, None, "livemig_guest_ping_timeout must be a whole number of at least 1 (seconds)"),
+    ({"powerdown_timeout": -1}, None, "livemig_powerdown_timeout must be a whole number of at least 0 (seconds, 0 to "
+                                      "quit the guest at once), got -1"),
+    ({"stall_timeout": 1.5}, None, "livemig_stall_timeout must be a whole number of at least 1"),
     ({}, {"methods": ["teleport"]}, "livemig_host_policy.methods of hv2"),
     ({}, {"deny": ["postcopy-ram"]}, "livemig_host_policy of hv2 must be a dict"),
     ({}, "no", "livemig_host_policy of hv2 must be a dict"),
@@ -229,6 +247,42 @@ def test_bad_wishes_and_policies_are_named(wishes, policy, message):
     with pytest.raises(PlanError, match=None) as error:
         make_plan(request(wishes=wishes, target_policy=policy))
     assert message in str(error.value)
+
+
+def test_numbers_from_extra_vars_may_be_strings_of_digits():
+    """`-e livemig_max_downtime_ms=500` gives the role the string '500', which its argument specs accept as int."""
+    assert make_plan(request(wishes={"max_downtime_ms": "500", "progress_interval": " 2 "}))["possible"] is True
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "0:0::0"])
+def test_a_wildcard_migration_address_is_refused_for_every_method_that_listens(address):
+    plan = make_plan(request(address=address))
+    why = (f"the migration address of hv2 is {address}, which listens on every interface: set "
+           "livemig_migration_address to the one address of the host on the migration network")
+    assert plan["possible"] is False and plan["situation"]["kind"] == "refuse"
+    assert why in reasons(plan, "live-mirror") and why in reasons(plan, "stateful")
+    assert why in plan["situation"]["message"]
+
+
+def test_a_migration_address_the_target_does_not_have_is_refused_naming_the_host():
+    built = request(address="198.18.0.199")
+    built["host_checks"] = {"target": {"address": {"address": "198.18.0.199", "bindable": False,
+                                                   "reason": "this host has no such address (EADDRNOTAVAIL)"}}}
+    plan = make_plan(built)
+    why = ("hv2 cannot listen on its migration address 198.18.0.199 (livemig_migration_address): this host has no "
+           "such address (EADDRNOTAVAIL)")
+    assert plan["possible"] is False and why in reasons(plan, "live-mirror") and why in plan["situation"]["message"]
+    built["host_checks"]["target"]["address"]["bindable"] = True
+    assert make_plan(built)["method"] == "live-mirror"
+
+
+def test_a_live_move_gives_the_targets_fresh_disks_the_sources_real_sizes():
+    """The inventory says 1024 and 64 MiB; the source's images are larger (grown, or made elsewhere)."""
+    marked = {**MARKED, "root": {**MARKED["root"], "virtual_size": 3 << 30}}
+    plan = make_plan(request(disks=TWO_DISKS, storage=CHECKED, source_storage=marked, locations=LOCATIONS))
+    assert plan["method"] == "live-mirror"
+    assert plan["disk_sizes"] == {"root": 3 << 30, "data": 64 << 20}, "not the shared disk, not size_mb"
+    assert make_plan(copy_request(method="stateful"))["disk_sizes"] == {}, "the copies carry their own sizes"
 
 
 def test_multifd_with_channels_and_zstd_on_both_sides():
@@ -322,6 +376,10 @@ COPIES = [{"label": "root", "source": "/img/a/web1-root.qcow2", "target": "/img/
            "size": 64 << 20, "kind": "file"}]
 
 
+DISK_RECEIVERS = [{"label": "root", "path": "/img/b/web1-root.qcow2", "format": "qcow2", "size": 1 << 30},
+                  {"label": "data", "path": "/img/b/web1-data.raw", "format": "raw", "size": 64 << 20}]
+
+
 def copy_request(**wishes):
     return request(disks=TWO_DISKS, storage=CHECKED, source_storage=MARKED, locations=LOCATIONS, wishes=wishes)
 
@@ -329,11 +387,10 @@ def copy_request(**wishes):
 # Each row: id, method asked for, expected family, copies, receivers.
 COPY_CASES = [
     ("live mirrors, copies nothing", "auto", "live", [], []),
-    ("stateful copies each local disk and receives the state file", "stateful", "stateful", COPIES,
-     [{"label": "root", "path": "/img/b/web1-root.qcow2"}, {"label": "data", "path": "/img/b/web1-data.raw"},
-      {"label": "state", "path": "/img/b/web1.state"}]),
-    ("cold copies each local disk", "cold", "cold", COPIES,
-     [{"label": "root", "path": "/img/b/web1-root.qcow2"}, {"label": "data", "path": "/img/b/web1-data.raw"}]),
+    ("stateful copies each local disk and receives the state file, with room for the RAM", "stateful", "stateful",
+     COPIES, [*DISK_RECEIVERS, {"label": "state", "path": "/img/b/web1/state", "format": "raw",
+                                "size": (512 + 256) << 20}]),
+    ("cold copies each local disk", "cold", "cold", COPIES, DISK_RECEIVERS),
 ]
 
 
@@ -349,7 +406,7 @@ def test_copies_and_receivers_per_method(method, step, copies, receivers):
 
 def test_state_files_and_target_address_come_from_each_host():
     plan = make_plan(copy_request(method="stateful"))
-    assert plan["state_files"] == {"source": "/state/a/web1.state", "target": "/img/b/web1.state"}
+    assert plan["state_files"] == {"source": "/state/a/web1/state", "target": "/img/b/web1/state"}
     assert plan["target_address"] == "198.18.0.102"
     assert make_plan(request())["state_files"] == {"source": None, "target": None}, "no locations, no paths"
 
@@ -376,7 +433,10 @@ SITUATION_CASES = [
     ("a VM to move", None, "start", ""),
     ("the target runs a copy of its own", {"owner": False, "status": "running", "running": True}, "refuse",
      "Cannot migrate web1 from hv1 to hv2: the target already runs that VM (running)"),
-    ("the target waits for a migration", {"owner": False, "status": "inmigrate", "running": True}, "refuse",
+    ("the target has a stale incoming QEMU", {"owner": False, "status": "inmigrate", "running": True}, "start",
+     "hv2 still has a QEMU of an earlier move (unrecorded) that never ran the VM: it is removed first."),
+    ("the target has an incoming QEMU that ran",
+     {"owner": False, "status": "inmigrate", "running": True, "migration": {"id": "m0", "ran": 1.0}}, "refuse",
      "the target already runs that VM (inmigrate)"),
 ]
 
@@ -387,7 +447,7 @@ def test_situation_in_the_plan(on_target, kind, message):
     situation = make_plan(request(on_target=on_target))["situation"]
     assert situation["kind"] == kind
     assert message in situation["message"]
-    assert situation["show_plan"] is (kind == "start")
+    assert situation["show_plan"] is (kind == "start" and not situation["stale_target"])
 
 
 def test_no_method_refuses_with_every_reason_in_one_line():

@@ -22,7 +22,11 @@ LIVE = {"migration": {"finished": 1, "statistics": STATISTICS},
 SAVED = {"changed": True, "stop_time": 50.0, "size": 80 * MIB}
 RESTORED = {"changed": True, "resume_time": 52.125}
 COPIES = {"results": [{"bytes_allocated": 2 * MIB, "seconds": 1.5}, {"bytes_allocated": MIB, "seconds": 0.5}]}
-STATEFUL = {"saved": SAVED, "restored": RESTORED, "copies": COPIES}
+LOADED = {"changed": True, "load_time_ms": 800, "status": "paused"}
+# The source's job reports each copy it sent, the state file last.
+SENT = [{"bytes_allocated": 2 * MIB, "seconds": 1.5}, {"bytes_allocated": MIB, "seconds": 0.5},
+        {"bytes_allocated": 80 * MIB, "seconds": 0.25}]
+STATEFUL = {"saved": SAVED, "loaded": LOADED, "restored": RESTORED, "copies": SENT}
 COLD = {"stopped_at": 10.0, "resumed_at": 13.75, "shutdown": {"stopped_by": "powerdown"}, "copies": COPIES}
 COMMON = {"vm": "web1", "source": "hv1", "target": "hv2", "plan": ["web1: hv1 -> hv2"], "started": 5.0,
           "finished": 20.25, "announce": None, "guest_agent": None}
@@ -44,7 +48,8 @@ CASES = [
      "RAM 120.0 MiB in 3 passes,\ndisks 0.0 MiB written, 15.2 s in all."),
     ("stateful", "stateful", STATEFUL,
      {"source_stop_time": 50.0, "target_resume_time": 52.125, "state_bytes": 80 * MIB, "disk_bytes": 3 * MIB,
-      "statistics": {"save": SAVED, "restore": RESTORED, "copies": [1.5, 0.5]}, **COMMON, "method": "stateful",
+      "statistics": {"save": SAVED, "restore": {**LOADED, **RESTORED}, "copies": [1.5, 0.5], "state_copy_s": 0.25},
+      **COMMON, "method": "stateful",
       "frozen_ms": 2125.0},
      "web1 now runs on hv2 (stateful): guest frozen 2125.0 ms (source stop to target resume), state file 80.0 MiB,"
      "\ndisks 3.0 MiB written, 15.2 s in all."),
@@ -69,7 +74,7 @@ def test_a_cold_move_without_local_disks_copies_nothing():
 
 
 @pytest.mark.parametrize("steps,family,message", [
-    ({"saved": SAVED}, "stateful", "the stateful move's steps lack restored, copies"),
+    ({"saved": SAVED}, "stateful", "the stateful move's steps lack loaded, restored, copies"),
     (LIVE, None, "no figures for method"),
 ])
 def test_steps_that_do_not_fit_are_named(steps, family, message):

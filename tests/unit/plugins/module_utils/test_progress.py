@@ -9,6 +9,7 @@ import pytest
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.livemig.qemu.plugins.modules import qemu_migrate_progress
+from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
 from ansible_collections.livemig.qemu.plugins.module_utils._progress import WAITING
 from ansible_collections.livemig.qemu.plugins.module_utils._progress import line as progress_line
 
@@ -26,7 +27,9 @@ EXAMPLE_LINE = ("pre-copy pass 3: RAM 41% left (105.2 MiB of 256.0 MiB), 950.3 M
 
 
 def progress_file(run_dir) -> str:
-    return os.path.join(str(run_dir), f"{VM}.progress.json")
+    path = VMPaths.on_host(VM, str(run_dir)).progress
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
 
 
 def write_sample(run_dir, **sample) -> None:

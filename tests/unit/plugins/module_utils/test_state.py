@@ -9,8 +9,9 @@ import time
 
 import pytest
 
+from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
 from ansible_collections.livemig.qemu.plugins.module_utils._state import (
-    HostRecord, load_record, process_alive, remove_record, save_record)
+    HostRecord, LegacyLayoutError, adopt_legacy, load_record, process_alive, qemu_pid, remove_record, save_record)
 
 
 def test_save_load_round_trip(tmp_path):
@@ -111,3 +112,66 @@ def test_process_alive_true_for_a_running_child():
         child.kill()
         child.wait(10)
     assert process_alive(child.pid) is False
+
+
+# -- the record of livemig.qemu 0.3 -------------------------------------------------------------
+
+def old_host(tmp_path) -> VMPaths:
+    """A host where 0.3 left VM vm1: its record <state_dir>/vm1.json and its state file <state_dir>/vm1.state."""
+    paths = VMPaths.on_host("vm1", str(tmp_path / "run"), state_dir=str(tmp_path / "state"))
+    os.makedirs(paths.state_dir, mode=0o755)
+    with open(paths.legacy.record, "w", encoding="utf-8") as handle:
+        json.dump({"owner": True, "machine": "pc-q35-7.2", "accel": "tcg"}, handle)
+    with open(paths.legacy.state_file, "wb") as handle:
+        handle.write(b"saved state")
+    return paths
+
+
+def test_a_record_of_0_3_is_moved_into_the_vms_directory(tmp_path):
+    paths = old_host(tmp_path)
+    adopt_legacy(paths)
+    assert load_record(paths.record, "vm1") == HostRecord(vm="vm1", owner=True, machine="pc-q35-7.2", accel="tcg")
+    with open(paths.state_file, "rb") as handle:
+        assert handle.read() == b"saved state"
+    assert not os.path.exists(paths.legacy.record) and not os.path.exists(paths.legacy.state_file)
+    assert stat.S_IMODE(os.stat(paths.vm_state_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(paths.state_dir).st_mode) == 0o700, "checked, not only set when created"
+    adopt_legacy(paths)  # nothing left to move
+    assert load_record(paths.record, "vm1").owner is True
+
+
+def test_a_record_in_the_vms_directory_wins_over_an_old_one(tmp_path):
+    paths = old_host(tmp_path)
+    save_record(paths.record, HostRecord(vm="vm1", owner=False, handed_over_to="hv2"))
+    adopt_legacy(paths)
+    assert load_record(paths.record, "vm1").handed_over_to == "hv2" and os.path.exists(paths.legacy.record)
+
+
+def test_a_vm_whose_qemu_of_0_3_still_runs_is_refused_and_nothing_moves(tmp_path):
+    paths = old_host(tmp_path)
+    os.makedirs(paths.run_dir)
+    # A process whose command line names the old monitor, as QEMU's does: `-chardev socket,...,path=<run>/vm1.qmp`.
+    old_qemu = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", f"path={paths.legacy.qmp}"])
+    try:
+        with open(paths.legacy.pidfile, "w", encoding="ascii") as handle:
+            handle.write(f"{old_qemu.pid}\n")
+        assert qemu_pid(paths.legacy.pidfile, paths.legacy.qmp) == old_qemu.pid
+        with pytest.raises(LegacyLayoutError) as error:
+            adopt_legacy(paths)
+        assert str(error.value) == (
+            f"VM vm1 runs under the file layout of livemig.qemu 0.3 ({paths.legacy.qmp}): stop it with that version, "
+            f"or end its QEMU (pid {old_qemu.pid}) yourself; the next run then moves its record into "
+            f"{paths.vm_state_dir}")
+        assert os.path.exists(paths.legacy.record) and not os.path.exists(paths.record)
+    finally:
+        old_qemu.kill()
+        old_qemu.wait(10)
+    adopt_legacy(paths)  # that QEMU is gone: the record moves
+    assert load_record(paths.record, "vm1").owner is True
+
+
+def test_a_pid_file_names_a_qemu_only_when_that_process_serves_the_monitor(tmp_path):
+    pidfile = tmp_path / "pid"
+    pidfile.write_text(f"{os.getpid()}\n", encoding="ascii")  # alive, but its command line names no monitor
+    assert qemu_pid(str(pidfile), str(tmp_path / "vm1" / "qmp")) is None
+    assert qemu_pid(str(tmp_path / "missing"), "qmp") is None

@@ -104,6 +104,24 @@ def test_parse_spec_rejects_bad_machine_and_cpu_text(field, value):
         parse_spec("vm1", raw_spec(**{field: value}))
 
 
+@pytest.mark.parametrize("value", ["help", "?", "HELP", " help "])
+def test_a_cpu_model_asking_for_help_is_refused_with_what_to_write(value):
+    with pytest.raises(SpecError, match=r"asks QEMU for its list of models and is not one: write the name of a "
+                                        r"model, such as Haswell-v4"):
+        parse_spec("vm1", raw_spec(cpu_model=value))
+
+
+@pytest.mark.parametrize("value", ["Haswell,+vmx", "-cpu", "qemu64 ", "a/b", "x" * 65, "?help", True])
+def test_a_cpu_model_that_is_no_model_name_is_refused(value):
+    with pytest.raises(SpecError, match="is not the name of a CPU model"):
+        parse_spec("vm1", raw_spec(cpu_model=value))
+
+
+@pytest.mark.parametrize("value", ["Haswell-v4", "qemu64", "Opteron_G5", "EPYC-Rome-v2", "486", "max"])
+def test_cpu_model_names_as_qemu_lists_them_are_accepted(value):
+    assert parse_spec("vm1", raw_spec(cpu_model=value)).cpu_model == value
+
+
 @pytest.mark.parametrize("name", ["root", "data_1", "a", "d" + "x" * 15])
 def test_parse_spec_accepts_disk_names(name):
     spec = parse_spec("vm1", raw_spec(disks=[{"name": name, "size_mb": 8}]))
@@ -186,6 +204,14 @@ def test_check_vm_name_accepts(name):
                                   "x" * 64, "vm 1", "vm:1", "vm\x00", None, 12])
 def test_check_vm_name_rejects(name):
     with pytest.raises(SpecError, match="invalid VM name"):
+        check_vm_name(name)
+
+
+@pytest.mark.parametrize("name", ["web1-root.qcow2", "web1-nvram.raw", "x.raw"])
+def test_a_vm_name_that_ends_like_a_disk_image_is_refused(name):
+    """With the default directories a VM's directory sits beside other VMs' images: VM web1-root.qcow2 would be
+    VM web1's image."""
+    with pytest.raises(SpecError, match="it ends like a disk image"):
         check_vm_name(name)
 
 
@@ -288,7 +314,7 @@ def test_build_argv_incoming_defer_only_for_incoming(tmp_path, two_disk_spec):
     incoming = build_argv(two_disk_spec, paths(tmp_path), QEMU, "pc-q35-10.0", "tcg", incoming=True)
     assert "-incoming" not in normal
     assert option_values(incoming, "-incoming") == ["defer"]
-    assert incoming[:len(normal)] == normal and incoming[len(normal):] == ["-incoming", "defer"]
+    assert incoming[:len(normal)] == normal and incoming[len(normal):] == ["-incoming", "defer", "-S"]
 
 
 def test_build_argv_passes_kernel_initrd_append(tmp_path, two_disk_spec):

@@ -10,9 +10,10 @@ def known_host(tmp_path) -> dict[str, str]:
     """A host with a record of vm1 in its state directory and a stale pid file of vm2 in its run directory."""
     dirs = {"run_dir": str(tmp_path / "run"), "image_dir": str(tmp_path / "images"),
             "state_dir": str(tmp_path / "records")}
-    save_record(str(tmp_path / "records" / "vm1.json"), HostRecord(vm="vm1", owner=True, machine="pc-q35-10.0"))
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "vm2.pid").write_text("999999999\n", encoding="ascii")
+    save_record(str(tmp_path / "records" / "vm1" / "record.json"),
+                HostRecord(vm="vm1", owner=True, machine="pc-q35-10.0"))
+    (tmp_path / "run" / "vm2").mkdir(parents=True)
+    (tmp_path / "run" / "vm2" / "pid").write_text("999999999\n", encoding="ascii")
     return dirs
 
 
@@ -29,11 +30,34 @@ def test_the_host_dict_and_the_separate_options_list_the_same_vms(tmp_path):
     assert sorted(in_one) == ["vm1", "vm2"]
     assert in_one["vm1"]["owner"] is True and in_one["vm1"]["machine"] == "pc-q35-10.0"
     assert in_one["vm2"]["running"] is False
+    assert in_one["vm1"]["legacy_layout"] is False and in_one["vm2"]["legacy_layout"] is False
+
+
+def test_what_is_no_vm_is_not_listed(tmp_path):
+    """Images, an empty directory, a stale pid file of the old layout: none of them is a VM."""
+    dirs = known_host(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "vm1-root.qcow2").write_bytes(b"")
+    (tmp_path / "run" / "lost+found").mkdir()
+    (tmp_path / "run" / "old.pid").write_text("999999999\n", encoding="ascii")
+    assert sorted(vms(conftest.run_module("qemu_facts", tmp_path, probe=False, **dirs))) == ["vm1", "vm2"]
+
+
+def test_a_record_of_the_old_layout_is_listed_as_legacy(tmp_path):
+    """livemig.qemu 0.3 kept the record at <state_dir>/<vm>.json; facts read it where it is, and move nothing."""
+    dirs = known_host(tmp_path)
+    old = tmp_path / "records" / "web1.json"
+    old.write_text('{"owner": true, "machine": "pc-q35-7.2", "accel": "tcg"}', encoding="utf-8")
+    found = vms(conftest.run_module("qemu_facts", tmp_path, probe=False, **dirs))
+    web1 = found["web1"]
+    assert (web1["legacy_layout"], web1["owner"], web1["machine"], web1["accel"]) == (True, True, "pc-q35-7.2", "tcg")
+    assert (web1["running"], web1["pid"], web1["status"]) == (False, None, None)
+    assert old.exists() and not (tmp_path / "records" / "web1").exists()
 
 
 def test_the_host_dict_defaults_its_directories_like_the_options(tmp_path):
     """state_dir defaults to image_dir, which defaults to run_dir: a record in the run directory is found."""
-    save_record(str(tmp_path / "run" / "vm3.json"), HostRecord(vm="vm3", owner=True))
+    save_record(str(tmp_path / "run" / "vm3" / "record.json"), HostRecord(vm="vm3", owner=True))
     assert sorted(vms(conftest.run_module("qemu_facts", tmp_path, probe=False,
                                           host={"run_dir": str(tmp_path / "run")}))) == ["vm3"]
 

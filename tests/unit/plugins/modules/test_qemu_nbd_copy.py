@@ -13,12 +13,12 @@ def host_with_a_finished_copy(tmp_path) -> dict[str, str]:
     """A record in the state directory of a copy whose server has already exited (its pid is long gone)."""
     dirs = {"run_dir": str(tmp_path / "run"), "image_dir": str(tmp_path / "images"),
             "state_dir": str(tmp_path / "records")}
-    (tmp_path / "run").mkdir()
-    pidfile = tmp_path / "run" / "vm1.copy-root.pid"
+    (tmp_path / "run" / "vm1").mkdir(parents=True)
+    pidfile = tmp_path / "run" / "vm1" / "copy-root.pid"
     pidfile.write_text("999999999\n", encoding="ascii")
     server = {"host": "127.0.0.1", "port": 1, "export": "root-x", "path": str(tmp_path / "images" / "vm1-root.qcow2"),
               "format": "qcow2", "pidfile": str(pidfile), "pid": 999999999}
-    save_record(str(tmp_path / "records" / "vm1.json"), HostRecord(vm="vm1", volatile={"copy:root": server}))
+    save_record(str(tmp_path / "records" / "vm1" / "record.json"), HostRecord(vm="vm1", volatile={"copy:root": server}))
     return dirs
 
 
@@ -35,8 +35,8 @@ def test_finished_through_the_host_dict_and_through_the_options_alike(tmp_path):
         result = finish(work, **location(dirs))
         assert result["changed"] is True, result
         assert result["msg"] == f"copy root into {work / 'images' / 'vm1-root.qcow2'} finished"
-        assert load_record(os.path.join(dirs["state_dir"], "vm1.json"), "vm1").volatile == {}
-        assert not (work / "run" / "vm1.copy-root.pid").exists()
+        assert load_record(os.path.join(dirs["state_dir"], "vm1", "record.json"), "vm1").volatile == {}
+        assert not (work / "run" / "vm1" / "copy-root.pid").exists()
         again = finish(work, **location(dirs))
         assert again["changed"] is False and again["msg"] == "no server recorded for copy root"
 
