@@ -36,8 +36,8 @@ allowed='^(MANIFEST\.json|FILES\.json|README\.md|LICENSE|CHANGELOG\.rst|requirem
 allowed+='|docs/[^/]+(/[^/]+)*\.(md|rst|yml|yaml|png|svg)'
 allowed+='|changelogs/(changelog\.yaml|config\.yaml|fragments/[^/]+\.ya?ml)'
 allowed+='|meta/(runtime\.yml|execution-environment\.yml|ee-requirements\.txt|ee-bindep\.txt)'
-allowed+='|playbooks/[^/]+\.ya?ml'
-allowed+='|plugins/(action|doc_fragments|filter|module_utils|modules|test)/[^/]+\.(py|ya?ml)'
+allowed+='|playbooks/(tasks/)?[^/]+\.ya?ml'
+allowed+='|plugins/(action|doc_fragments|filter|module_utils|modules|plugin_utils|test)/[^/]+\.(py|ya?ml)'
 allowed+='|roles/[a-z0-9_]+/(README\.md|(defaults|files|handlers|meta|tasks|templates|vars)/.+)'
 allowed+='|tests/config\.yml|tests/unit/[^/]+(/[^/]+)*\.(py|json|ya?ml))$'
 # Files the tarball must hold (an over-eager build_ignore fails here).
