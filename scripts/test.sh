@@ -34,7 +34,7 @@ step "two-host lab"
 lab/lab-up.sh  # the lab, its hosts prepared by livemig.qemu.prepare from the installed collection
 
 step "integration tests (installed collection)"
-python -m pytest -q -p no:cacheprovider tests/integration
+python -m pytest -q -p no:cacheprovider --durations=15 tests/integration
 
 step "molecule scenario (installed collection)"
 molecule reset >/dev/null 2>&1 || true  # forget any earlier run's state (prepare would be skipped)

@@ -9,8 +9,9 @@ from __future__ import annotations
 from ansible.errors import AnsibleFilterError
 
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
-from ansible_collections.livemig.qemu.plugins.module_utils._negotiate import make_plan, needs_kvm_check
+from ansible_collections.livemig.qemu.plugins.module_utils._negotiate import check_wishes, make_plan, needs_kvm_check
 from ansible_collections.livemig.qemu.plugins.module_utils._situation import request_problem
+from ansible_collections.livemig.qemu.plugins.module_utils._tlscert import CRYPTOGRAPHY_ERROR, tls_problems
 
 
 def migration_plan(request):
@@ -20,11 +21,25 @@ def migration_plan(request):
     if missing:
         raise AnsibleFilterError(f"migration_plan: missing {', '.join(missing)}")
     try:
+        if check_wishes(request.get("wishes"))["transport"] == "tls":
+            request = {**request, "tls_check": tls_check(request)}
         return make_plan(request)
     except LivemigError as exc:  # a malformed request or spec
         raise AnsibleFilterError(f"migration_plan: {exc}") from None
     except (KeyError, TypeError, AttributeError) as exc:
         raise AnsibleFilterError(f"migration_plan: malformed facts or spec ({exc!r})") from None
+
+
+def tls_check(request):
+    """Both hosts' TLS directories as qemu_host_check read them, compared here on the controller: whether the
+    streams between them can be TLS, and the names QEMU needs for it."""
+    if CRYPTOGRAPHY_ERROR:
+        return {"problems": [CRYPTOGRAPHY_ERROR]}
+    checks = request.get("host_checks") or {}
+    problems, info = tls_problems((checks.get("source") or {}).get("tls"), (checks.get("target") or {}).get("tls"),
+                                  request["source"]["name"], request["target"]["name"],
+                                  request["target"].get("address") or "")
+    return {"problems": problems, **info}
 
 
 def migration_request_problem(vm, vms, source, target, target_known):

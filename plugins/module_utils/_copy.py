@@ -12,7 +12,7 @@ import os
 import secrets
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _blockdev, _files, _qemuimg
+from ansible_collections.livemig.qemu.plugins.module_utils import _blockdev, _files, _qemuimg, _tlsqemu
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import host_port
 from ansible_collections.livemig.qemu.plugins.module_utils._module import Task
@@ -79,9 +79,10 @@ class _Receiver:
                                    f"({server['format']}) on {host_port(server['host'], server['port'])}: end it "
                                    "first (state=finished or state=absent)")
             return {"changed": False, "msg": f"qemu-nbd already listens for {path}", **_server_result(server)}
+        tls = _tlsqemu.server(params)
         qemu_img, qemu_nbd = self.task.tool("qemu-img"), self.task.tool("qemu-nbd")
         if is_device(path):
-            return self.listening_on_device(qemu_nbd)
+            return self.listening_on_device(qemu_nbd, tls)
         exists = os.path.exists(path)
         if exists and params["replace"]:
             if self.task.check_mode:
@@ -103,7 +104,7 @@ class _Receiver:
             server["size"] = size if size is not None else os.path.getsize(path)
         try:
             server["pid"], server["port"] = start_server(qemu_nbd, path, fmt, server["host"], params["port"],
-                                                         server["export"], server["pidfile"])
+                                                         server["export"], server["pidfile"], tls=tls)
         except LivemigError:
             if not exists:
                 _files.remove(path)
@@ -112,7 +113,7 @@ class _Receiver:
         save_record(self.paths.record, self.record)
         return {"changed": True, "msg": f"qemu-nbd serves {path} for copy {label}", **_server_result(server)}
 
-    def listening_on_device(self, qemu_nbd: Any) -> dict[str, Any]:
+    def listening_on_device(self, qemu_nbd: Any, tls: _tlsqemu.Server | None) -> dict[str, Any]:
         """A block device is never created, replaced or deleted: it is served as it is, cut to the disk's size, and
         the sender writes every byte (its old content is not zero)."""
         params, path, size = self.params, self.params["path"], self.params["size"]
@@ -128,7 +129,7 @@ class _Receiver:
         server = {"host": params["address"], "export": f"{self.label}-{secrets.token_hex(16)}", "path": path,
                   "format": "raw", "pidfile": self.paths.copy_pidfile(self.label), "size": size, "device": True}
         server["pid"], server["port"] = start_server(qemu_nbd, path, "raw", server["host"], params["port"],
-                                                     server["export"], server["pidfile"], size)
+                                                     server["export"], server["pidfile"], size, tls)
         self.record.volatile[self.key] = server
         save_record(self.paths.record, self.record)
         return {"changed": True, "msg": f"qemu-nbd serves the block device {path} for copy {self.label}",
@@ -175,6 +176,7 @@ def sent(task: Task) -> dict[str, Any]:
         raise LivemigError(f"src {src} is a block device: give the size of the disk on it (src_size)")
     if not uri.startswith("nbd://"):
         raise LivemigError(f"uri {uri} must be the nbd:// address that state=listening returned")
+    tls = _tlsqemu.client(params)
     if task.check_mode:
         return {"changed": True, "msg": f"would copy {src} ({fmt}) to {uri}"}
     qemu_img = task.tool("qemu-img")
@@ -183,7 +185,7 @@ def sent(task: Task) -> dict[str, Any]:
     else:
         allocated, size = _qemuimg.allocation(qemu_img, src, fmt, params["force_share"], params["timeout"])
     seconds = send(qemu_img, src, fmt, uri, params["force_share"], params["timeout"], params["src_size"] if device
-                   else None, params["target_is_zero"])
+                   else None, params["target_is_zero"], tls)
     if fmt == "raw" and not device:
         size = os.path.getsize(src)  # QEMU rounds a raw file up to whole sectors
     return {"changed": True, "msg": f"copied {src} to {uri}", "bytes_allocated": allocated, "virtual_size": size,

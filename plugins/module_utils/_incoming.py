@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _nbdexport
+from ansible_collections.livemig.qemu.plugins.module_utils import _nbdexport, _tlsqemu
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import (
     check_request, host_port, migration_status, set_capabilities)
@@ -46,18 +46,23 @@ def listen(task: Any, session: QMPSession) -> dict[str, Any]:
     if uri:
         return {"changed": False, "uri": uri, "port": int(uri.rsplit(":", 1)[1]), "status": status}
     try:
-        parameters = check_request(session, params["capabilities"], params["parameters"])
+        parameters = check_request(session, params["capabilities"], params["parameters"],
+                                   _tlsqemu.MANAGED_PARAMETERS)
+        tls = _tlsqemu.server(params)
     except LivemigError as exc:
         raise exc.about(f"VM {vm}") from exc
     if task.check_mode:
         return {"changed": True, "status": status}
     capabilities = sorted({"events", *params["capabilities"]})
+    parameters.update(_tlsqemu.incoming_parameters(tls))
     try:
         set_capabilities(session, capabilities)
-        if parameters:
-            session.execute("migrate-set-parameters", parameters)
+        if tls:
+            _tlsqemu.add_server(session, tls)
+        session.execute("migrate-set-parameters", parameters)
     except QMPError as exc:
-        raise LivemigError(f"VM {vm}: QEMU refused the capabilities {', '.join(capabilities)} or the "
+        credentials = f"the TLS credentials of {tls.dir}, " if tls else ""
+        raise LivemigError(f"VM {vm}: QEMU refused the capabilities {', '.join(capabilities)}, {credentials}or the "
                            f"parameters {parameters}: {exc}") from exc
     session.execute("migrate-incoming", {"uri": f"tcp:{host_port(params['address'], params['port'])}"})
     uri = listening_uri(session.execute("query-migrate"))

@@ -6,8 +6,10 @@ Private to the livemig.qemu collection. A play takes the lease of a VM on every 
 under the move's id, and gives it back at its end; every module that changes the VM checks it: the same id goes
 on, another live one refuses at once and names its holder. A module run on its own takes a lease for the length
 of its run. A lease ends when it is given back, when it expires (a play's lease: its controller may be gone), or
-with its process (a single module run's). Reads and writes of the lease happen under a short flock, so two
-controllers never both take it.
+with its process (a single module run's). A play's lease names its controller process (`controller`) and the
+module runs that work under it here (`pids`): a later play on the same controller machine may take over the lease
+of a controller that has ended once none of those runs is left (`replace`). Reads and writes of the lease happen
+under a short flock, so two controllers never both take it.
 """
 from __future__ import annotations
 
@@ -53,6 +55,11 @@ def live(lease: dict[str, Any] | None, now: float | None = None) -> bool:
     return (now or time.time()) < float(lease.get("expires", 0))
 
 
+def busy(lease: dict[str, Any] | None) -> list[int]:
+    """The module runs that still work under the lease here (say the source-side job of a move)."""
+    return [pid for pid in (lease or {}).get("pids") or [] if process_alive(pid)]
+
+
 def describe(lease: dict[str, Any]) -> str:
     since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(lease.get("acquired", 0)))
     until = time.strftime("%H:%M:%S UTC", time.gmtime(lease.get("expires", 0)))
@@ -80,23 +87,44 @@ def superseded(held: dict[str, Any], holding: str | None) -> bool:
 
 
 def acquire(paths: VMPaths, lock_id: str, operation: str, holder: str, ttl: float, pid: int | None = None,
-            hosts: list[str] | None = None, holding: str | None = None) -> dict[str, Any]:
+            hosts: list[str] | None = None, holding: str | None = None, controller: dict[str, Any] | None = None,
+            replace: str | None = None) -> dict[str, Any]:
     """Take the lease (or extend ours); LockError naming the holder of another live one, unless that one is
-    superseded through `holding`. `hosts`: every host the caller's play leases the VM on."""
+    superseded through `holding`, or is `replace` and no module run works under it any more. `hosts`: every host the
+    caller's play leases the VM on; `controller`: the identity of the caller's controller process."""
     with _guarded(paths):
         now = time.time()
         held = _read(paths.lock)
-        if live(held, now) and held["id"] != lock_id and not superseded(held, holding):
-            raise LockError(f"VM {paths.vm} is locked on this host by {describe(held)}: wait until it ends; if its "
-                            f"controller is gone, end its lease with livemig_break_lock={held['id']} "
-                            "(or qemu_vm_lock state=unlocked with that lock_id)",
-                            details={"lock": held})
+        if live(held, now) and held["id"] != lock_id and not superseded(held, holding) \
+                and not (replace == held["id"] and not busy(held)):
+            raise refusal(paths, held)
         lease = {"id": lock_id, "operation": operation, "holder": holder, "acquired": now, "expires": now + ttl,
-                 "pid": pid, "hosts": hosts or []}
+                 "pid": pid, "hosts": hosts or [], "controller": controller, "pids": []}
         if held and held["id"] == lock_id:
-            lease.update(acquired=held.get("acquired", now), expires=max(float(held.get("expires", 0)), now + ttl))
+            lease.update(acquired=held.get("acquired", now), expires=max(float(held.get("expires", 0)), now + ttl),
+                         controller=controller or held.get("controller"), pids=busy(held))
         _files.atomic_write(paths.lock, json.dumps(lease, sort_keys=True))
         return lease
+
+
+def refusal(paths: VMPaths, held: dict[str, Any]) -> LockError:
+    running = busy(held)
+    still = f"; its job (pid {', '.join(map(str, running))}) still runs here and ends by its own deadline" \
+        if running else ""
+    return LockError(f"VM {paths.vm} is locked on this host by {describe(held)}{still}: wait until it ends; if its "
+                     f"controller is gone, end its lease with livemig_break_lock={held['id']} "
+                     "(or qemu_vm_lock state=unlocked with that lock_id)",
+                     details={"lock": held, "busy": running})
+
+
+def _working(paths: VMPaths, lock_id: str, pid: int, working: bool) -> None:
+    """Add this run's pid to the lease `lock_id` here, or take it away again."""
+    with _guarded(paths):
+        lease = _read(paths.lock)
+        if not lease or lease["id"] != lock_id:
+            return
+        pids = [other for other in busy(lease) if other != pid] + ([pid] if working else [])
+        _files.atomic_write(paths.lock, json.dumps({**lease, "pids": pids}, sort_keys=True))
 
 
 def release(paths: VMPaths, lock_id: str) -> bool:
@@ -126,7 +154,11 @@ def held(paths: VMPaths, lock_id: str | None, operation: str) -> Iterator[None]:
         ours = current(paths)
         if not (ours and ours["id"] == lock_id):
             acquire(paths, lock_id, operation, f"the play of lease {lock_id}", PLAY_TTL)
-        yield
+        _working(paths, lock_id, os.getpid(), True)
+        try:
+            yield
+        finally:
+            _working(paths, lock_id, os.getpid(), False)
         return
     own = f"run-{secrets.token_hex(6)}"
     made = [path for path in (paths.state_dir, paths.vm_state_dir) if not os.path.isdir(path)]
@@ -150,13 +182,14 @@ def run(task: Any) -> dict[str, Any]:
         return {"changed": True, "lock": None}
     if params["ttl"] <= 0:
         raise LivemigError(f"ttl must be a positive number of seconds, not {params['ttl']}")
+    replaceable = held and params["replace"] == held["id"] and not busy(held)
     if task.check_mode:
-        if held and held["id"] != lock_id and not superseded(held, params["holding"]):
-            raise LockError(f"VM {paths.vm} is locked on this host by {describe(held)}", details={"lock": held})
+        if held and held["id"] != lock_id and not superseded(held, params["holding"]) and not replaceable:
+            raise refusal(paths, held)
         return {"changed": True, "lock": held}
     lease = acquire(paths, lock_id, params["operation"], params["holder"], params["ttl"], hosts=params["hosts"],
-                    holding=params["holding"])
+                    holding=params["holding"], controller=params["controller"], replace=params["replace"])
     result = {"changed": not (held and held["id"] == lock_id and held["expires"] == lease["expires"]), "lock": lease}
     if held and held["id"] != lock_id:
-        result["replaced"] = held  # a lease of a play that ended (superseded)
+        result["replaced"] = held  # a lease of a play that ended (superseded, or its controller gone)
     return result

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _mirror, _progress
+from ansible_collections.livemig.qemu.plugins.module_utils import _mirror, _progress, _tlsqemu
 from ansible_collections.livemig.qemu.plugins.module_utils._convergence import (
     MIB, MIN_EXPECTED_RATE, Abort, Action, ConvergencePolicy, SetParameters, StartPostcopy, completion_timeout,
     make_policy, mib_s)
@@ -35,8 +35,9 @@ QEMU_DEFAULT_BANDWIDTH = 128 * MIB  # QEMU's own max-bandwidth
 THROTTLE_DEFAULTS = {"cpu-throttle-initial": 20, "cpu-throttle-increment": 10, "max-cpu-throttle": 99}
 EVENTS = ("MIGRATION", "MIGRATION_PASS", "STOP", "RESUME", "BLOCK_JOB_READY", "BLOCK_JOB_ERROR",
           *_mirror.JOB_END_EVENTS)
-# The state machine sets these itself, from MigrationSettings.max_bandwidth and downtime_limit_ms.
-MANAGED_PARAMETERS = {"max-bandwidth": "max_bandwidth", "downtime-limit": "downtime_limit_ms"}
+# The state machine sets these itself, from MigrationSettings.max_bandwidth, downtime_limit_ms and tls.
+MANAGED_PARAMETERS = {"max-bandwidth": "max_bandwidth", "downtime-limit": "downtime_limit_ms",
+                      **_tlsqemu.MANAGED_PARAMETERS}
 SHARE_FLOOR = 0.10  # RAM keeps at least this part of a bandwidth cap the disk mirrors share
 SHARE_STEP = 0.10  # max-bandwidth changes only when the share moves by more than this
 
@@ -79,6 +80,7 @@ class MigrationSettings:
     convergence: str = "auto"  # defaults | auto | postcopy-early
     capabilities: list[str] = field(default_factory=list)  # switched on besides events (and the pause)
     parameters: dict[str, Any] = field(default_factory=dict)
+    tls: _tlsqemu.Client | None = None  # its credentials are in QEMU already; None: cleartext
     timeout: float = 3600.0  # the caller's limit; a smaller one scaled to the VM's size may apply
     stall_timeout: float = 60.0
     switchover_timeout: float = 60.0
@@ -232,7 +234,7 @@ class SourceMigration:
         cap = settings.max_bandwidth
         uncapped = QEMU_DEFAULT_BANDWIDTH if settings.convergence == "defaults" else UNLIMITED_BANDWIDTH
         ours = {"max-bandwidth": cap or uncapped, "downtime-limit": settings.downtime_limit_ms,
-                "max-postcopy-bandwidth": cap, **THROTTLE_DEFAULTS}
+                "max-postcopy-bandwidth": cap, **THROTTLE_DEFAULTS, **_tlsqemu.outgoing_parameters(settings.tls)}
         return {**ours, **self.parameters, **self.policy.initial_parameters()}
 
     def _follow(self, events: Any) -> None:

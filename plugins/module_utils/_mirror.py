@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ansible_collections.livemig.qemu.plugins.module_utils import _tlsqemu
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import mirror_job, mirror_target, node_name
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession, QMPTimeout
@@ -43,13 +44,16 @@ def all_remaining(session: QMPSession) -> dict[str, Any]:
 
 
 def start_mirror(session: QMPSession, node: str, host: str, port: int, export: str,
-                 copy_mode: str = "background", speed: int = 0) -> None:
-    """Attach the target's NBD export as a node and mirror `node` into it (sync=full)."""
+                 copy_mode: str = "background", speed: int = 0, tls: _tlsqemu.Client | None = None) -> None:
+    """Attach the target's NBD export as a node (over TLS when `tls` says so) and mirror `node` into it
+    (sync=full)."""
     target = mirror_target(node)
     if not node_exists(session, target):
+        if tls:
+            _tlsqemu.add_client(session, tls)
         session.execute("blockdev-add", {
             "driver": "nbd", "node-name": target, "export": export,
-            "server": {"type": "inet", "host": host, "port": str(port)},
+            "server": {"type": "inet", "host": host, "port": str(port)}, **_tlsqemu.nbd_client_options(tls),
         }, timeout=30)
     arguments = {"job-id": mirror_job(node), "device": node, "target": target, "sync": "full",
                  "copy-mode": copy_mode, "auto-dismiss": True}
@@ -209,13 +213,14 @@ def _start(task: Any, session: QMPSession, node: str) -> None:
     missing = [key for key in ("nbd_host", "nbd_port", "export") if not params[key]]
     if missing:
         raise LivemigError(f"to start the mirror of disk {disk}, give {', '.join(missing)}")
+    tls = _tlsqemu.client(params)
     if not node_exists(session, node):
         raise LivemigError(f"VM {task.paths.vm} has no disk {disk} (no block node {node})")
     if task.check_mode:
         return
     try:
         start_mirror(session, node, params["nbd_host"], params["nbd_port"], params["export"], params["copy_mode"],
-                     params["speed"])
+                     params["speed"], tls)
     except QMPError as exc:
         abort(session, node)
         raise LivemigError(f"cannot start the mirror of disk {disk} to {params['nbd_host']}:{params['nbd_port']}: "

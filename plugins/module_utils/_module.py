@@ -110,8 +110,7 @@ class Task:
         if self.check_mode:
             held = _lock.current(self.paths)
             if held and held["id"] != self.params.get("lock_id"):
-                raise _lock.LockError(f"VM {self.paths.vm} is locked on this host by {_lock.describe(held)}",
-                                      details={"lock": held})
+                raise _lock.refusal(self.paths, held)
             return contextlib.nullcontext()
         return _lock.held(self.paths, self.params.get("lock_id"), self._module._name or "livemig.qemu module")
 

@@ -13,8 +13,9 @@ import re
 import signal
 import stat
 import time
+import urllib.parse
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _files, _qemuimg
+from ansible_collections.livemig.qemu.plugins.module_utils import _files, _qemuimg, _tlsqemu
 from ansible_collections.livemig.qemu.plugins.module_utils._command import Program, run_tool, stderr_tail
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import bind_with_retry, host_port
@@ -84,15 +85,17 @@ def finish_file(path: str, fmt: str, size: int | None, fsync: bool) -> None:
 # -- the receiving server ------------------------------------------------------------------------
 
 def start_server(qemu_nbd: Program, path: str, fmt: str, address: str, port: int, export: str,
-                 pidfile: str, size: int | None = None) -> tuple[int, int]:
-    """Start a daemonized one-shot qemu-nbd; it listens when this returns. Returns (pid, port)."""
+                 pidfile: str, size: int | None = None, tls: _tlsqemu.Server | None = None) -> tuple[int, int]:
+    """Start a daemonized one-shot qemu-nbd (TLS only, for the one peer, when `tls` says so); it listens when this
+    returns. Returns (pid, port)."""
     _files.private_dir(os.path.dirname(pidfile))
 
     def listen(chosen: int) -> int:
         _files.remove(pidfile)
         # Not --persistent: the server exits once its one client disconnects, and flushes the image as it closes.
         result = run_tool(qemu_nbd, "--fork", "--pid-file", pidfile, "--bind", address, "--port", str(chosen),
-                          "--export-name", export, "--cache=writeback", *image_args(path, fmt, size),
+                          "--export-name", export, "--cache=writeback", *_tlsqemu.qemu_nbd_arguments(tls),
+                          *image_args(path, fmt, size),
                           error=NBDCopyError)
         if result.rc != 0:
             raise NBDCopyError(f"qemu-nbd cannot serve {path} on {host_port(address, chosen)}: {stderr_tail(result)}")
@@ -137,14 +140,28 @@ def wait_server_exit(server: dict, timeout: float) -> bool:
 
 # -- the sender ----------------------------------------------------------------------------------
 
+def target_args(uri: str, tls: _tlsqemu.Client | None) -> list[str]:
+    """How qemu-img convert writes into the export at `uri`: as a raw image, or over TLS as an NBD node of its own
+    (a URI has no room for the credentials)."""
+    if tls is None:
+        return ["-O", "raw", uri]
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme != "nbd" or not parts.hostname or not parts.port or not parts.path.strip("/"):
+        raise NBDCopyError(f"{uri} is not an nbd://HOST:PORT/EXPORT address")
+    return [*_tlsqemu.qemu_img_object(tls), "--target-image-opts",
+            _tlsqemu.nbd_image_options(parts.hostname, parts.port, urllib.parse.unquote(parts.path.lstrip("/")), tls)]
+
+
 def send(qemu_img: Program, src: str, src_format: str, uri: str, force_share: bool, timeout: float,
-         src_size: int | None = None, target_is_zero: bool = True) -> float:
-    """Write the source's data into the NBD export: only its data into an empty destination, its zeros too into one
-    that holds old data (a block device). Returns the seconds it took."""
+         src_size: int | None = None, target_is_zero: bool = True, tls: _tlsqemu.Client | None = None) -> float:
+    """Write the source's data into the NBD export (over TLS when `tls` says so): only its data into an empty
+    destination, its zeros too into one that holds old data (a block device). Returns the seconds it took."""
     started = time.monotonic()
     *source_options, source = image_args(src, src_format, src_size)
+    *target_options, target = target_args(uri, tls)
     result = run_tool(qemu_img, "convert", "-n", *(["--target-is-zero"] if target_is_zero else []), *source_options,
-                      "-O", "raw", *(["-U"] if force_share else []), source, uri, timeout=timeout, error=NBDCopyError)
+                      *target_options, *(["-U"] if force_share else []), source, target, timeout=timeout,
+                      error=NBDCopyError)
     if result.rc != 0:
         raise NBDCopyError(f"copying {src} to {uri} failed: {stderr_tail(result)}. Check that the "
                            "receiving host listens for this copy (state=listening) and is reachable from here, that "

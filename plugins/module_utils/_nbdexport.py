@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from ansible_collections.livemig.qemu.plugins.module_utils import _tlsqemu
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import bind_with_retry
 from ansible_collections.livemig.qemu.plugins.module_utils._module import Task
@@ -25,17 +26,22 @@ def our_exports(session: QMPSession) -> dict[str, dict]:
             if item["id"].startswith(EXPORT_PREFIX)}
 
 
-def start_server(session: QMPSession, address: str, port: int, connections: int) -> int:
+def start_server(session: QMPSession, address: str, port: int, connections: int,
+                 tls: _tlsqemu.Server | None = None) -> int:
     """Start QEMU's NBD server on `address`, on `port` or a free one, for at most `connections` clients at once
-    (one mirror per disk); the port it listens on."""
+    (one mirror per disk), over TLS when `tls` says so; the port it listens on."""
+    if tls:
+        _tlsqemu.add_server(session, tls)
+
     def listen(chosen: int) -> None:
         session.execute("nbd-server-start", {"addr": {"type": "inet", "data": {"host": address, "port": str(chosen)}},
-                                             "max-connections": connections})
+                                             "max-connections": connections, **_tlsqemu.nbd_server_arguments(tls)})
     return bind_with_retry(listen, address, port)[1]
 
 
 def present(task: Task, session: QMPSession, record: HostRecord) -> dict[str, Any]:
     params = task.params
+    tls = _tlsqemu.server(params)
     server = record.volatile.get("nbd")
     exports = our_exports(session)
     missing = [disk for disk in params["disks"] if disk not in exports]
@@ -46,7 +52,7 @@ def present(task: Task, session: QMPSession, record: HostRecord) -> dict[str, An
         return {"changed": True, "exports": {}}
     if not server:
         server = {"host": params["address"],
-                  "port": start_server(session, params["address"], params["port"], max(len(params["disks"]), 1))}
+                  "port": start_server(session, params["address"], params["port"], max(len(params["disks"]), 1), tls)}
     for disk in missing:
         names[disk] = f"{disk}-{secrets.token_urlsafe(12)}"
         session.execute("block-export-add", {"type": "nbd", "id": export_id(disk), "node-name": node_name(disk),

@@ -21,6 +21,8 @@ from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import VMSpec
 
 METHODS = ("live-shared", "live-mirror", "stateful", "cold")
 CHOICES = ("auto", "live", "stateful", "cold")
+TRANSPORTS = ("tls", "tcp")
+TLS_FIX = "run livemig.qemu.certificates, or livemig_transport: tcp to move in cleartext"
 # Where each choice starts in the fallback chain live -> stateful -> cold.
 CHAIN = ("live", "stateful", "cold")
 START = {"auto": "live", "live": "live", "stateful": "stateful", "cold": "cold"}
@@ -51,7 +53,7 @@ NUMBER_LIMITS: dict[str, tuple[int, int | None, str]] = {
 NUMBER_DEFAULTS = {"max_bandwidth": 0, "max_downtime_ms": 300, "progress_interval": 3, "migration_timeout": 3600,
                    "mirror_timeout": 3600, "stall_timeout": 60, "guest_ping_timeout": 30, "powerdown_timeout": 120}
 # `convergence` and `allow_postcopy` add the capabilities their policy needs; left out, they add none.
-WISH_DEFAULTS: dict[str, Any] = {"method": "auto", "allow_fallback": True, "allow_cold": False,
+WISH_DEFAULTS: dict[str, Any] = {"method": "auto", "transport": "tls", "allow_fallback": True, "allow_cold": False,
                                  "capabilities": [], "capabilities_allow": list(OPTIONAL), "capabilities_deny": [],
                                  "multifd_channels": 0, "multifd_compression": "none", "xbzrle_cache_mb": 0,
                                  "convergence": "defaults", "allow_postcopy": False, **ANNOUNCE_DEFAULTS,
@@ -77,6 +79,8 @@ def check_wishes(raw: dict[str, Any] | None) -> dict[str, Any]:
         raise PlanError(f"unknown wishes {sorted(unknown)}; known: {sorted(WISH_DEFAULTS)}")
     if wishes["method"] not in CHOICES:
         raise PlanError(f"livemig_method must be one of {', '.join(CHOICES)}, got {wishes['method']!r}")
+    if wishes["transport"] not in TRANSPORTS:
+        raise PlanError(f"livemig_transport must be one of {', '.join(TRANSPORTS)}, got {wishes['transport']!r}")
     if wishes["convergence"] not in POLICIES:
         raise PlanError(f"livemig_convergence must be one of {', '.join(POLICIES)}, got {wishes['convergence']!r}")
     for key in ("allow_fallback", "allow_cold", "allow_postcopy"):
@@ -154,15 +158,35 @@ def find_machine(facts: dict[str, Any], wanted: str) -> str | None:
     return None
 
 
-def cpu_problem(target: dict[str, Any], model: str, need_migration_safe: bool) -> str | None:
-    for cpu in target["facts"].get("cpu_models", []):
-        if cpu.get("name") == model:
-            if not cpu.get("runnable", True):
-                return f"CPU model {model} is not runnable on {target['name']}"
-            if need_migration_safe and cpu.get("migration_safe") is False:
-                return f"CPU model {model} is not migration-safe (its state cannot move between hosts)"
-            return None
-    return f"{_qemu(target)} has no CPU model {model}"
+def cpu_problem(target: dict[str, Any], model: str, keeps_guest: bool, source: dict[str, Any]) -> str | None:
+    """Whether the target gives the guest the CPU it has. QEMU runs a model without the features the host lacks: a
+    restarted guest (cold) does with what it gets, a moving one must find on the target every feature it has on the
+    source, and a model whose state can move."""
+    cpu = _cpu_model(target, model)
+    if cpu is None:
+        return f"{_qemu(target)} has no CPU model {model}"
+    if not keeps_guest:
+        return None
+    lacking = _lacks(cpu) - _lacks(_cpu_model(source, model))
+    if lacking:
+        return (f"CPU model {model} on {target['name']} lacks {', '.join(sorted(lacking))}, which the guest has on "
+                f"{source['name']}")
+    if cpu.get("migration_safe") is False:
+        return f"CPU model {model} is not migration-safe (its state cannot move between hosts)"
+    return None
+
+
+def _cpu_model(side: dict[str, Any], model: str) -> dict[str, Any] | None:
+    return next((cpu for cpu in side["facts"].get("cpu_models", []) if cpu.get("name") == model), None)
+
+
+def _lacks(cpu: dict[str, Any] | None) -> set[str]:
+    """The features a host's QEMU cannot give model `cpu` (facts of livemig.qemu 0.3 say only "not runnable")."""
+    if not cpu:
+        return set()
+    if "unavailable_features" in cpu:
+        return set(cpu["unavailable_features"])
+    return set() if cpu.get("runnable", True) else {"some of its features"}
 
 
 def accel_problem(target: dict[str, Any], accel: str) -> str | None:
@@ -287,7 +311,9 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
     source/target: {name, facts, policy, address, locations}; the source's facts include `vms[vm]` with the
     machine type and accelerator the VM runs with; locations are the host's run_dir, image_dir, state_dir and
     shared_dir. storage: {disk: {path, same_file}}, qemu_storage_check's `checked` result on the target;
-    source_storage: {disk: {path, virtual_size}}, its `marked` result on the source.
+    source_storage: {disk: {path, virtual_size}}, its `marked` result on the source. tls_check: for transport tls,
+    what the controller found comparing both hosts' TLS directories (`_tlscert.tls_problems`): {problems,
+    source_dn, target_dn, target_hostname}.
     """
     vm, spec = request["vm"], request["spec"]
     source, target = request["source"], request["target"]
@@ -319,7 +345,8 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
     keep_guest = list(common) + firmware_keep
     if not pinned_machine or find_machine(target["facts"], pinned_machine) != pinned_machine:
         keep_guest.append(f"{_qemu(target)} has no machine type {pinned_machine}")
-    for problem in (accel_problem(target, pinned_accel or "tcg"), cpu_problem(target, spec["cpu_model"], True)):
+    for problem in (accel_problem(target, pinned_accel or "tcg"),
+                    cpu_problem(target, spec["cpu_model"], True, source)):
         if problem:
             keep_guest.append(problem)
 
@@ -343,7 +370,7 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
     cold = list(common) + firmware_cold + room["images"] + (no_address if copies_something else [])
     if not cold_machine:
         cold.append(f"{_qemu(target)} has no machine type {spec['machine']}")
-    for problem in (accel_problem(target, cold_accel), cpu_problem(target, spec["cpu_model"], False)):
+    for problem in (accel_problem(target, cold_accel), cpu_problem(target, spec["cpu_model"], False, source)):
         if problem:
             cold.append(problem)
     reasons["cold"] = cold
@@ -401,7 +428,9 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
                          "usable": usable, "unusable": unusable},
         "parameters": {"source": parameters["source"], "target": {**parameters["target"], **announce["parameters"]}}
         if live_chosen else {"source": {}, "target": {}},
-        "transport": _transport(chosen, target, source, bool(local)),
+        "transport": wishes["transport"],
+        "tls": tls_plan(wishes["transport"], source_check, target_check, request.get("tls_check")),
+        "streams": _streams(chosen, target, source, bool(local)),
         "spec": plan_spec(spec, parsed, shared_by_name),
         "local_disks": local,
         "cdrom": cdrom,
@@ -418,9 +447,28 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
     plan["summary"] = summary(plan)
     plan["situation"] = situation(vm, source["name"], target["name"], running, _vm_on(target, vm))
     # A stale target QEMU holds the target's devices: the role removes it and plans again before judging the plan.
-    if plan["situation"]["kind"] == "start" and not plan["possible"] and not plan["situation"]["stale_target"]:
-        plan["situation"] = refusal(vm, source["name"], target["name"], no_method_reason(plan), show_plan=True)
+    if plan["situation"]["kind"] == "start" and not plan["situation"]["stale_target"]:
+        if not plan["possible"]:
+            plan["situation"] = refusal(vm, source["name"], target["name"], no_method_reason(plan), show_plan=True)
+        elif plan["tls"]["problems"] and (chosen != "cold" or copies_something):
+            plan["situation"] = refusal(vm, source["name"], target["name"], f"TLS is not ready: "
+                                        f"{'; '.join(plan['tls']['problems'])}. To fix: {TLS_FIX}", show_plan=True)
     return plan
+
+
+def tls_plan(transport: str, source_check: dict[str, Any], target_check: dict[str, Any],
+             tls_check: dict[str, Any] | None) -> dict[str, Any]:
+    """What the streams' ends need for TLS: each host's TLS directory, the subject of each host's client
+    certificate, and the name the source checks in the target's server certificate (its migration address); all
+    None for tcp. `problems`: why the streams cannot be TLS."""
+    if transport == "tcp":
+        return dict.fromkeys(("source_dir", "target_dir", "source_dn", "target_dn", "hostname"), None) | {
+            "problems": []}
+    found = tls_check or {"problems": ["the hosts' TLS directories were not compared"]}
+    return {"source_dir": (source_check.get("tls") or {}).get("dir"),
+            "target_dir": (target_check.get("tls") or {}).get("dir"),
+            "source_dn": found.get("source_dn"), "target_dn": found.get("target_dn"),
+            "hostname": found.get("target_hostname"), "problems": list(found.get("problems") or [])}
 
 
 def state_file(vm: str, side: dict[str, Any]) -> str | None:
@@ -467,7 +515,7 @@ def receivers(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return [*disks, {"label": "state", "path": plan["state_files"]["target"], "format": "raw", "size": room}]
 
 
-def _transport(method: str | None, target: dict[str, Any], source: dict[str, Any], has_local: bool) -> dict:
+def _streams(method: str | None, target: dict[str, Any], source: dict[str, Any], has_local: bool) -> dict:
     if method in ("live-shared", "live-mirror"):
         return {"kind": "tcp", "address": target.get("address"), "disks": "nbd" if method == "live-mirror" else None}
     if method == "stateful":
@@ -499,7 +547,8 @@ def summary(plan: dict[str, Any]) -> list[str]:
             if plan["parameters"]["source"]:
                 lines.append("  parameters: " + ", ".join(f"{key}={value}"
                                                           for key, value in plan["parameters"]["source"].items()))
-        lines.append("  transport: " + ", ".join(f"{key} {value}" for key, value in plan["transport"].items() if value))
+        lines.append("  streams: " + ", ".join(f"{key} {value}" for key, value in plan["streams"].items() if value))
+        lines.append(f"  transport: {transport_line(plan)}")
     for method, verdict in plan["methods"].items():
         if method == plan["method"]:
             continue
@@ -508,6 +557,16 @@ def summary(plan: dict[str, Any]) -> list[str]:
                      if why else f"  {method}: possible, not needed")
     lines += [f"  {reason}" for reason in plan["capabilities"]["unusable"].values()]
     return lines
+
+
+def transport_line(plan: dict[str, Any]) -> str:
+    tls = plan["tls"]
+    if plan["transport"] == "tcp":
+        return "tcp (cleartext, asked for)"
+    if tls["problems"]:
+        return f"tls, not ready: {'; '.join(tls['problems'])}"
+    return f"tls (source DN {tls['source_dn']}, target DN {tls['target_dn']}, target certificate names " \
+           f"{tls['hostname']})"
 
 
 def device_lines(plan: dict[str, Any]) -> list[str]:

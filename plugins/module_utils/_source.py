@@ -11,12 +11,12 @@ import time
 import uuid
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _mirror
+from ansible_collections.livemig.qemu.plugins.module_utils import _mirror, _tlsqemu
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._migration import (
     MANAGED_PARAMETERS, MigrationFailed, MigrationSettings, SourceMigration)
 from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import (
-    ACTIVE, PAUSED, POSTCOPY, POSTCOPY_RECOVERY, RequestError, abort_mirrors, cancel, check_request,
+    ACTIVE, PAUSED, POSTCOPY, POSTCOPY_RECOVERY, abort_mirrors, cancel, check_request,
     resume_if_paused)
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import mirror_job, mirror_target, node_name
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPSession
@@ -40,17 +40,20 @@ def migrate(task: Any, session: QMPSession) -> dict[str, Any]:
                            "(and on the target)")
     try:
         check_request(session, params["capabilities"], params["parameters"], MANAGED_PARAMETERS)
-    except RequestError as exc:
+        tls = _tlsqemu.client(params)
+    except LivemigError as exc:
         raise exc.about(f"VM {paths.vm}") from exc
     if task.check_mode:
         return {"changed": True}
+    if tls:
+        _tlsqemu.add_client(session, tls)
     migration_id = params["migration_id"] or uuid.uuid4().hex
     mark_source(paths.record, paths.vm, migration_id, params["target_name"], "started")
     settings = MigrationSettings(
         uri=params["uri"], mirrored_nodes=[node_name(disk) for disk in params["disks"]],
         max_bandwidth=params["max_bandwidth"], downtime_limit_ms=params["downtime_limit_ms"],
         convergence=params["convergence"], capabilities=params["capabilities"], parameters=params["parameters"],
-        timeout=params["timeout"], stall_timeout=params["stall_timeout"],
+        tls=tls, timeout=params["timeout"], stall_timeout=params["stall_timeout"],
         switchover_timeout=params["switchover_timeout"], progress_path=paths.progress,
         before_point_of_no_return=lambda: mark_source(paths.record, paths.vm, migration_id, params["target_name"],
                                                       "switchover"))

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _files
+from ansible_collections.livemig.qemu.plugins.module_utils import _files, _tlsqemu
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import (
     ACTIVE, UNLIMITED_BANDWIDTH, cancel, check_request, resume_if_paused, run_state, set_capabilities, settled_state,
@@ -124,7 +124,8 @@ def save_state(session: QMPSession, path: str, timeout: float) -> dict[str, Any]
                 seen["STOP"] = event_time(events.wait(lambda event: event["event"] == "STOP",
                                                       time.monotonic() + STOP_TIMEOUT, "the VM to stop"))
             set_capabilities(session, ["events"])  # a state file carries no post-copy or multifd
-            session.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED_BANDWIDTH})
+            # QEMU refuses TLS on a file, and a VM that was the target of a TLS move has its credentials set.
+            session.execute("migrate-set-parameters", {"max-bandwidth": UNLIMITED_BANDWIDTH, **_tlsqemu.CLEARTEXT})
             if transport == "file":
                 session.execute("migrate", {"channels": _file_channel(partial)})
             else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _nbdcopy, _qemuimg, _statefile
+from ansible_collections.livemig.qemu.plugins.module_utils import _nbdcopy, _qemuimg, _statefile, _tlsqemu
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import resume_if_paused
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError
@@ -55,6 +55,7 @@ def committed(task: Any) -> dict[str, Any]:
 
 def sent(task: Any) -> dict[str, Any]:
     params, paths = task.params, task.paths
+    tls = _tlsqemu.client(params)
     if task.check_mode:
         return {"changed": True, "msg": "would save the VM's state, send it and the disks, and wait for the commit"}
     qemu_img = task.tool("qemu-img")
@@ -67,8 +68,8 @@ def sent(task: Any) -> dict[str, Any]:
         _give_back(task, resume=False)  # save_state resumed the VM itself
         raise LivemigError(f"VM {paths.vm}: {exc}", source_running=True, target_may_have_run=False) from exc
     try:
-        copies = [_send(qemu_img, copy, params) for copy in params["copies"]]
-        copies.append(_send(qemu_img, {"src": path, "format": "raw", "uri": params["state_uri"]}, params))
+        copies = [_send(qemu_img, copy, params, tls) for copy in params["copies"]]
+        copies.append(_send(qemu_img, {"src": path, "format": "raw", "uri": params["state_uri"]}, params, tls))
     except (LivemigError, OSError) as exc:
         raise _given_back(task, f"sending to the target failed: {exc}") from exc
     mark_source(paths.record, paths.vm, params["migration_id"], params["target_name"], "sent")
@@ -84,13 +85,14 @@ def sent(task: Any) -> dict[str, Any]:
     return {"changed": True, "saved": saved, "copies": copies, "phase": "switchover"}
 
 
-def _send(qemu_img: Any, copy: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+def _send(qemu_img: Any, copy: dict[str, Any], params: dict[str, Any],
+          tls: _tlsqemu.Client | None) -> dict[str, Any]:
     """One copy, zeros skipped into an empty receiver; what it moved (a block device moves all of its disk)."""
     size = copy.get("size")
     allocated = size if size and _nbdcopy.is_device(copy["src"]) else \
         _qemuimg.allocation(qemu_img, copy["src"], copy["format"], True, params["timeout"])[0]
     seconds = _nbdcopy.send(qemu_img, copy["src"], copy["format"], copy["uri"], True, params["timeout"], size,
-                            copy.get("target_is_zero", True))
+                            copy.get("target_is_zero", True), tls)
     return {"src": copy["src"], "uri": copy["uri"], "seconds": round(seconds, 3), "bytes_allocated": allocated}
 
 

@@ -14,12 +14,15 @@ description:
   - Uses the VM's job monitor, so the main monitor stays free while it waits.
   - The mirror is finished at switchover by M(livemig.qemu.qemu_migrate), which cancels it gracefully so that the
     target holds a consistent copy. V(absent) aborts it instead and detaches the NBD node.
+  - With O(tls_dir) the NBD connection is TLS; this host shows its client certificate and checks the target's.
 extends_documentation_fragment:
   - livemig.qemu.vm
   - livemig.qemu.vm.lock
   - livemig.qemu.attributes
   - livemig.qemu.attributes.changes
   - livemig.qemu.attributes.action_group
+  - livemig.qemu.tls
+  - livemig.qemu.tls.client
 options:
   disk:
     description: Name of the VM's disk (as in its spec).
@@ -103,6 +106,7 @@ history:
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _mirror
 from ansible_collections.livemig.qemu.plugins.module_utils._module import run_module, vm_argument_spec
+from ansible_collections.livemig.qemu.plugins.module_utils._tlsqemu import CLIENT_OPTIONS
 
 
 def main() -> None:
@@ -117,6 +121,7 @@ def main() -> None:
             speed={"type": "int", "default": 0},
             timeout={"type": "float", "default": 3600},
             stall_timeout={"type": "float", "default": 60},
+            **CLIENT_OPTIONS,
         ),
         _mirror.run,
         supports_check_mode=True,

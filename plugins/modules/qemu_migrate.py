@@ -28,6 +28,10 @@ description:
     C(postmigrate) for the caller to remove.
   - Use the job monitor, so other modules can still talk to the VM while this runs. Run it with Ansible C(async)
     to survive a lost controller connection.
+  - With O(tls_dir) the migration stream (every multifd channel and the post-copy return path too) is TLS; the
+    target must listen with TLS (M(livemig.qemu.qemu_migrate_incoming) with
+    O(livemig.qemu.qemu_migrate_incoming#module:tls_dir)). Without it the stream is cleartext, also on a VM that
+    was the target of a TLS move.
 extends_documentation_fragment:
   - livemig.qemu.vm
   - livemig.qemu.vm.lock
@@ -35,6 +39,8 @@ extends_documentation_fragment:
   - livemig.qemu.attributes.changes
   - livemig.qemu.attributes.action_group
   - livemig.qemu.attributes.async
+  - livemig.qemu.tls
+  - livemig.qemu.tls.client
 options:
   state:
     description:
@@ -98,7 +104,8 @@ options:
     description:
       - Extra C(migrate-set-parameters), for example C(multifd-channels), C(multifd-compression),
         C(xbzrle-cache-size), C(max-cpu-throttle). C(multifd-channels) and C(multifd-compression) must match the
-        target's. Set C(max-bandwidth) and C(downtime-limit) with O(max_bandwidth) and O(downtime_limit_ms).
+        target's. Set C(max-bandwidth) and C(downtime-limit) with O(max_bandwidth) and O(downtime_limit_ms), and
+        C(tls-creds) and C(tls-hostname) with O(tls_dir) and O(tls_hostname).
       - Names are checked against what this QEMU reports.
     type: dict
     default: {}
@@ -214,6 +221,7 @@ target_may_have_run:
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _source
 from ansible_collections.livemig.qemu.plugins.module_utils._module import run_module, vm_argument_spec
+from ansible_collections.livemig.qemu.plugins.module_utils._tlsqemu import CLIENT_OPTIONS
 
 
 def main() -> None:
@@ -233,6 +241,7 @@ def main() -> None:
             switchover_timeout={"type": "float", "default": 60},
             target_ran={"type": "bool", "default": True},
             migration_id={"type": "str"},
+            **CLIENT_OPTIONS,
         ),
         _source.run,
         supports_check_mode=True,

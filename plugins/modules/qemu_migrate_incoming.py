@@ -11,7 +11,8 @@ description:
   - The VM must have been started with C(-incoming defer) and C(-S) (M(livemig.qemu.qemu_vm) with
     O(ignore:state=incoming)). Once the migration has delivered it, the VM waits paused.
   - V(listening) sets the migration capabilities and parameters that must match the source, then listens on
-    O(address) and a port (O(port=0) picks a free one) and returns the URI the source must use.
+    O(address) and a port (O(port=0) picks a free one) and returns the URI the source must use. With O(tls_dir) the
+    migration stream is TLS, and only the client O(tls_peer_dn) gets in (QEMU's C(tls-creds) and C(tls-authz)).
   - V(completed) waits on the VM's job monitor until the migration has delivered the VM (or post-copy has begun).
     Then it records, durably in this host's record of the VM, that the VM runs here (the ran marker), drops the
     NBD exports and their connections, and lets the VM run; it returns the time QEMU resumed it. Start it (with
@@ -28,6 +29,8 @@ extends_documentation_fragment:
   - livemig.qemu.attributes.changes
   - livemig.qemu.attributes.action_group
   - livemig.qemu.attributes.async
+  - livemig.qemu.tls
+  - livemig.qemu.tls.server
 options:
   state:
     description: V(listening), V(completed) or V(aborted), see the description.
@@ -59,7 +62,8 @@ options:
     description:
       - Migration parameters to set before C(migrate-incoming), for example C(multifd-channels) and
         C(multifd-compression), which must match the source's.
-      - Names are checked against the parameters this QEMU reports.
+      - Names are checked against the parameters this QEMU reports. C(tls-creds), C(tls-authz) and C(tls-hostname)
+        come from O(tls_dir) and O(tls_peer_dn).
     type: dict
     default: {}
   timeout:
@@ -129,6 +133,7 @@ disk_allocated:
 """
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _incoming
+from ansible_collections.livemig.qemu.plugins.module_utils._tlsqemu import SERVER_OPTIONS
 from ansible_collections.livemig.qemu.plugins.module_utils._module import run_module, vm_argument_spec
 
 
@@ -142,6 +147,7 @@ def main() -> None:
             capabilities={"type": "list", "elements": "str", "default": []},
             parameters={"type": "dict", "default": {}},
             timeout={"type": "float", "default": 3600},
+            **SERVER_OPTIONS,
         ),
         _incoming.run,
         supports_check_mode=True,

@@ -19,12 +19,18 @@ description:
   - Used by the stateful and cold migration paths. A run is O(state=listening) on the receiving host, then
     O(state=sent) on the sending host, then O(state=finished) on the receiving host, or O(state=absent) there to
     roll back.
+  - With O(tls_dir) the copy is TLS. O(state=listening) then serves only TLS and admits only the client
+    O(tls_peer_dn); O(state=sent) shows this host's client certificate and checks the receiver's against
+    O(tls_hostname).
 extends_documentation_fragment:
   - livemig.qemu.vm
   - livemig.qemu.vm.lock
   - livemig.qemu.attributes
   - livemig.qemu.attributes.changes
   - livemig.qemu.attributes.action_group
+  - livemig.qemu.tls
+  - livemig.qemu.tls.server
+  - livemig.qemu.tls.client
 options:
   state:
     description:
@@ -234,6 +240,7 @@ msg:
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _copy, _nbdcopy
 from ansible_collections.livemig.qemu.plugins.module_utils._module import run_module, vm_argument_spec
+from ansible_collections.livemig.qemu.plugins.module_utils._tlsqemu import CLIENT_OPTIONS, SERVER_OPTIONS
 
 
 def main() -> None:
@@ -254,6 +261,7 @@ def main() -> None:
         force_share={"type": "bool", "default": False},
         timeout={"type": "float", "default": 3600},
         fsync={"type": "bool", "default": True},
+        **{**SERVER_OPTIONS, **CLIENT_OPTIONS},
     )
     # The sending host needs no VM record, hence no VM name and no host locations.
     spec["name"] = {**spec["name"], "required": False}

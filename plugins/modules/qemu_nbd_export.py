@@ -12,12 +12,15 @@ description:
     writable, each under an unguessable export name.
   - On a migration target this is where the source's block mirror writes.
   - The server's address and port are kept in this host's record of the VM, never on another host.
+  - With O(tls_dir) the server speaks only TLS and admits only the client O(tls_peer_dn).
 extends_documentation_fragment:
   - livemig.qemu.vm
   - livemig.qemu.vm.lock
   - livemig.qemu.attributes
   - livemig.qemu.attributes.changes
   - livemig.qemu.attributes.action_group
+  - livemig.qemu.tls
+  - livemig.qemu.tls.server
 options:
   state:
     description: V(present) starts the server and adds the exports; V(absent) removes all exports and stops it.
@@ -77,6 +80,7 @@ exports:
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _nbdexport
 from ansible_collections.livemig.qemu.plugins.module_utils._module import run_module, vm_argument_spec
+from ansible_collections.livemig.qemu.plugins.module_utils._tlsqemu import SERVER_OPTIONS
 
 
 def main() -> None:
@@ -86,6 +90,7 @@ def main() -> None:
             disks={"type": "list", "elements": "str", "default": []},
             address={"type": "str"},
             port={"type": "int", "default": 0},
+            **SERVER_OPTIONS,
         ),
         _nbdexport.run,
         supports_check_mode=True,

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: qemu_state_transfer
 short_description: Source side of a stateful move, as one job that never leaves the VM paused
-version_added: 0.4.0
+version_added: 0.3.0
 description:
   - Runs on the source host, with Ansible C(async), so that it goes on when the controller goes away.
   - V(sent) saves the VM's state to O(path) (the VM pauses, see M(livemig.qemu.qemu_vm_state)), sends each of
@@ -20,6 +20,8 @@ description:
   - The move's phase is kept in this host's record of the VM (C(started), C(sent) once everything is on the target,
     C(switchover) once committed, C(rolled-back)), under its lock, so that the commit and the job's own deadline
     never both win.
+  - With O(tls_dir) every copy is sent over TLS (the receivers listen with TLS); the state file itself is saved
+    here without TLS, which QEMU does not put on a file.
 extends_documentation_fragment:
   - livemig.qemu.vm
   - livemig.qemu.vm.lock
@@ -27,6 +29,8 @@ extends_documentation_fragment:
   - livemig.qemu.attributes.changes
   - livemig.qemu.attributes.action_group
   - livemig.qemu.attributes.async
+  - livemig.qemu.tls
+  - livemig.qemu.tls.client
 options:
   state:
     description: V(sent) or V(committed), see the description.
@@ -112,6 +116,7 @@ source_running:
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _statetransfer
 from ansible_collections.livemig.qemu.plugins.module_utils._module import run_module, vm_argument_spec
+from ansible_collections.livemig.qemu.plugins.module_utils._tlsqemu import CLIENT_OPTIONS
 
 
 def main() -> None:
@@ -125,6 +130,7 @@ def main() -> None:
             state_uri={"type": "str"},
             timeout={"type": "float", "default": 3600},
             commit_timeout={"type": "float", "default": 120},
+            **CLIENT_OPTIONS,
         ),
         _statetransfer.run,
         supports_check_mode=True,

@@ -6,7 +6,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: qemu_vm_lock
 short_description: Take or give back a VM's lease on this host, so that one play at a time changes the VM
-version_added: 0.4.0
+version_added: 0.3.0
 description:
   - A lease names who changes the VM on this host (O(operation), O(holder)), under an id (O(lock_id)), until it is
     given back or O(ttl) seconds have passed. It is kept in C(<state_dir>/<name>/lock.json).
@@ -18,6 +18,10 @@ description:
     another live lease holds the VM here. V(unlocked) gives back the lease of O(lock_id); giving back the id of a
     lease whose play is gone breaks that lease.
   - Taking and giving back happen under a short file lock, so two controllers never both take the lease.
+  - The lease names the controller process that took it (O(controller), filled in on the controller). When the
+    lease is refused because the play of a controller that ran on this same controller machine has ended (killed,
+    or its machine restarted) and no module run works under that lease on the host any more, the task takes it
+    over by itself (RV(replaced)); a lease of another controller machine must be ended with V(unlocked).
 extends_documentation_fragment:
   - livemig.qemu.vm
   - livemig.qemu.attributes
@@ -56,6 +60,16 @@ options:
         ends, so a lease here of a play that also spans that host (O(hosts)) belongs to a play that has ended, for
         example one whose controller lost this host and could not give the lease back; it is replaced (RV(replaced)).
     type: str
+  controller:
+    description:
+      - The controller process that holds the lease (C(host), C(boot_id), C(pid), C(started)). The module's action
+        plugin fills it in on the controller; leave it unset.
+    type: dict
+  replace:
+    description:
+      - The id of a lease to take over if it still holds the VM here and no module run works under it any more. The
+        action plugin sets it for a lease whose controller process has ended; leave it unset.
+    type: str
 author:
   - livemig.qemu contributors (@livemig)
 """
@@ -79,13 +93,20 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+busy:
+  description: When the lease is refused, the pids of the module runs (such as a move's source-side job) that still
+    work under the live lease on this host.
+  returned: when the lease is refused
+  type: list
+  elements: int
 replaced:
-  description: The lease of a play that ended, which this one replaced (see O(holding)).
+  description: The lease of a play that ended, which this one replaced (see O(holding) and O(controller)).
   returned: when one was replaced
   type: dict
 lock:
-  description: The lease after the task (C(id), C(operation), C(holder), C(acquired), C(expires), epoch seconds), or
-    null when the VM holds none here. When the lease is refused, the live one that holds the VM.
+  description: The lease after the task (C(id), C(operation), C(holder), C(acquired) and C(expires) in epoch
+    seconds, C(hosts), C(controller), C(pids) of the module runs working under it), or null when the VM holds none
+    here. When the lease is refused, the live one that holds the VM.
   returned: always
   type: dict
 """
@@ -104,6 +125,8 @@ def main() -> None:
             ttl={"type": "float", "default": 3600},
             hosts={"type": "list", "elements": "str", "default": []},
             holding={"type": "str"},
+            controller={"type": "dict"},
+            replace={"type": "str"},
         ),
         _lock.run,
         needs_qmp=False,

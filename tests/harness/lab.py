@@ -236,6 +236,15 @@ class Lab:
         except FileNotFoundError:
             return None
 
+    def lease_workers(self, host: str, name: str) -> list[int]:
+        """The module runs (a move's source-side job) that still work under the VM's lease on `host`."""
+        try:
+            with open(vm_file(host, "state", name, "lock.json"), encoding="utf-8") as handle:
+                pids = json.load(handle).get("pids") or []
+        except FileNotFoundError:
+            return []
+        return [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+
     def qmp(self, host: str, name: str, command: str, arguments: dict | None = None):
         with QMPSession(vm_file(host, "run", name, "qmp"), connect_timeout=10) as session:
             return session.execute(command, arguments)

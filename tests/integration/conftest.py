@@ -14,6 +14,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from lab import (  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
     LAB_DIR, REPO as REPO_ROOT, RING_BLOCKS, Lab, build_guest, guestcheck, lab_path, lab_up, link, wait_until)
 
+# QEMU 10.0's block mirror counts the zeroes it writes into a fresh target against its speed limit, so a mirror
+# under livemig_max_bandwidth takes the disk's virtual size / bandwidth. Tests that slow a move down to act during
+# its pre-copy give their VM this small a disk (the ring and the prefill fit).
+SMALL_DISK_MB = 64
+
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory) -> Lab:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import REPO_ROOT, guestcheck, link, move_and_verify, precopy_running, wait_until, watched
+from conftest import REPO_ROOT, SMALL_DISK_MB, guestcheck, link, move_and_verify, precopy_running, wait_until, watched
 
 # The heavy guest dirties 128 MiB/s; 32 MiB/s of bandwidth can never catch up by pre-copy alone.
 TOO_SLOW = {"livemig_max_bandwidth": 32 << 20, "livemig_capabilities_deny": ["auto-converge"]}
@@ -33,7 +33,7 @@ def test_heavy_workload_on_a_1gbit_link_completes_under_auto(lab, vm):
 
 
 def test_post_copy_finishes_what_pre_copy_cannot(lab, vm):
-    name = vm("heavy")
+    name = vm("heavy", disk_mb=SMALL_DISK_MB)
     report = move_and_verify(lab, name, lab.start(name, "hv1"), "hv1", "hv2", livemig_allow_postcopy=True, **TOO_SLOW)
     stats = report["statistics"]
     assert stats["postcopy_started"], stats["policy_actions"]
@@ -41,7 +41,7 @@ def test_post_copy_finishes_what_pre_copy_cannot(lab, vm):
 
 
 def test_without_post_copy_it_aborts_with_the_rates_and_the_guest_runs_on(lab, vm):
-    name = vm("heavy")
+    name = vm("heavy", disk_mb=SMALL_DISK_MB)
     lab.start(name, "hv1", prefill=False)
     with watched(lab, name, "hv1") as tap:
         result = lab.migrate(name, "hv1", "hv2", **TOO_SLOW)
@@ -59,7 +59,7 @@ def test_without_post_copy_it_aborts_with_the_rates_and_the_guest_runs_on(lab, v
 
 def test_controller_killed_during_pre_copy(lab, vm):
     """qemu_migrate runs under async on the source host: without its controller it still finishes the move."""
-    name = vm("light")
+    name = vm("light", disk_mb=SMALL_DISK_MB)
     lab.start(name, "hv1", prefill=False)
     with watched(lab, name, "hv1") as tap:
         controller = lab.play_in_background("migrate", livemig_vm=name, livemig_source="hv1", livemig_target="hv2",
@@ -79,7 +79,8 @@ def test_controller_killed_during_pre_copy(lab, vm):
         assert states == {"hv1": "postmigrate", "hv2": "running"}, states
         tap.wait_for(r"^PC \d+ OK", label="hv2", timeout=60, since=time.monotonic())
 
-        result = lab.migrate(name, "hv1", "hv2")  # the next run finishes the hand-over
+        wait_until(lambda: not lab.lease_workers("hv1", name), 120, "the source-side job to end")
+        result = lab.migrate(name, "hv1", "hv2")  # the next run takes over the lease, finishes the hand-over
         assert not result.failed and "finishing the hand-over" in result.output, result.output
         assert lab.pid("hv1", name) is None and lab.record("hv2", name)["owner"] is True
         summary = guestcheck.analyze(tap.snapshot())

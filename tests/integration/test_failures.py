@@ -6,7 +6,7 @@ import signal
 import threading
 import time
 
-from conftest import guestcheck, lab_path, link, precopy_running, wait_until, watched
+from conftest import SMALL_DISK_MB, guestcheck, lab_path, link, precopy_running, wait_until, watched
 
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import tap_name
 
@@ -67,7 +67,7 @@ def test_target_killed_during_disk_mirror(lab, vm):
 
 
 def test_link_cut_during_ram_precopy(lab, vm):
-    name = vm("light", nics=NIC)
+    name = vm("light", nics=NIC, disk_mb=SMALL_DISK_MB)
     lab.start(name, "hv1", prefill=False)
     restored = threading.Event()
     try:
@@ -114,5 +114,36 @@ def test_stateful_copy_fails_after_the_save(lab, vm):
         assert leftovers == [], leftovers
         after = time.monotonic()
         tap.wait_for(r"^PC \d+ OK", label="hv1", timeout=60, since=after)
+        summary = guestcheck.analyze(tap.snapshot())
+        assert summary["pagecheck_failures"] == [] and summary["hb_seq_errors"] == 0
+
+
+def test_stateful_controller_killed_after_the_save_the_source_resumes_by_itself(lab, vm):
+    """The controller dies while the guest is paused between the save and the restore: the source-side job resumes
+    the VM on hv1 by itself once the commit has not come in time, and the next run moves the VM."""
+    name = vm("light")
+    lab.start(name, "hv1", prefill=False)
+    with watched(lab, name, "hv1") as tap:
+        controller = lab.play_in_background("migrate", livemig_vm=name, livemig_source="hv1", livemig_target="hv2",
+                                            livemig_method="stateful", livemig_commit_timeout=15)
+        wait_until(lambda: lab.qmp("hv1", name, "query-status")["status"] == "postmigrate", 180, "the state save",
+                   interval=0.1)
+        paused = time.monotonic()
+        os.killpg(controller.pid, signal.SIGKILL)
+        controller.wait(10)
+        wait_until(lambda: lab.qmp("hv1", name, "query-status")["status"] == "running", 180,
+                   "the source-side job to resume the VM")
+        print(f"the VM ran again on hv1 {time.monotonic() - paused:.1f}s after the controller was killed")
+        assert lab.record("hv1", name)["owner"] is True
+        assert lab.record("hv1", name)["migration"]["phase"] == "rolled-back", lab.record("hv1", name)
+        assert lab.pid("hv2", name) is None or lab.qmp("hv2", name, "query-status")["status"] != "running"
+        tap.wait_for(r"^PC \d+ OK", label="hv1", timeout=60, since=time.monotonic())
+
+        wait_until(lambda: not lab.lease_workers("hv1", name), 120, "the source-side job to end")
+        moved = lab.migrate(name, "hv1", "hv2", livemig_method="stateful")
+        assert not moved.failed, moved.output
+        assert lab.pid("hv1", name) is None and lab.record("hv2", name)["owner"] is True
+        assert lab.qmp("hv2", name, "query-status")["status"] == "running"
+        tap.wait_for(r"^PC \d+ OK", label="hv2", timeout=60, since=time.monotonic())
         summary = guestcheck.analyze(tap.snapshot())
         assert summary["pagecheck_failures"] == [] and summary["hb_seq_errors"] == 0

@@ -46,8 +46,9 @@ def test_rerun_finishes_a_handover_the_controller_left_half_done(lab, vm):
         assert lab.qmp("hv1", name, "query-status")["status"] == "postmigrate"
         wait_until(lambda: lab.pid("hv2", name) and lab.qmp("hv2", name, "query-status")["status"] == "running",
                    30, "the VM to run on hv2")
+        wait_until(lambda: not lab.lease_workers("hv1", name), 120, "the source-side job to end")
 
-        result = lab.migrate(name, "hv1", "hv2")
+        result = lab.migrate(name, "hv1", "hv2")  # takes over the lease of the killed controller
         assert not result.failed, result.output
         assert "finishing the hand-over" in result.output
         assert result.changed > 0

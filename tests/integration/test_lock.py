@@ -1,11 +1,12 @@
 """One mover per VM: the VM's lease on each host lets exactly one of two plays move it or start it."""
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 
-from conftest import lab_path, wait_until
+from conftest import SMALL_DISK_MB, lab_path, wait_until
 
 LOCKED = "is locked on this host by"
 
@@ -51,7 +52,7 @@ def test_two_migrate_runs_of_one_vm_started_together_move_it_once(lab, vm):
 
 
 def test_start_refuses_while_a_migration_holds_the_vm(lab, vm):
-    name = vm("light")
+    name = vm("light", disk_mb=SMALL_DISK_MB)
     lab.start(name, "hv1", prefill=False)
     move = in_background(lambda: lab.migrate(name, "hv1", "hv2", livemig_max_bandwidth=32 * 1024 * 1024))
     wait_until(lambda: lab.pid("hv2", name) is not None, 120, "the target QEMU to start")
@@ -63,12 +64,19 @@ def test_start_refuses_while_a_migration_holds_the_vm(lab, vm):
     assert lab.record("hv2", name)["owner"] is True and lease_files(name) == []
 
 
-def test_a_lease_whose_play_is_gone_refuses_until_it_is_broken(lab, vm):
+def test_a_lease_of_another_controllers_play_refuses_until_it_is_broken(lab, vm):
+    """Whether a play of another controller machine still runs, this one cannot tell: it refuses, naming the lease,
+    until the user breaks it."""
     name = vm("light")
     lab.start(name, "hv1", prefill=False)
     taken = lab.module("hv1", "qemu_vm_lock", name=name, **lab.host_dirs("hv1"), lock_id="dead-play",
                        operation="migrate from hv1 to hv2", holder="someone@gone", ttl=3600)
     assert taken["changed"] is True, taken
+    lease_file = lease_files(name)[0]
+    with open(lease_file, encoding="utf-8") as handle:
+        lease = json.load(handle)
+    with open(lease_file, "w", encoding="utf-8") as handle:
+        json.dump({**lease, "controller": {**lease["controller"], "host": "controller-elsewhere"}}, handle)
     refused = lab.migrate(name, "hv1", "hv2")
     assert refused.failed and f"{LOCKED} migrate from hv1 to hv2 dead-play of someone@gone" in refused.output, \
         refused.output

@@ -14,11 +14,22 @@ ONE_NETWORK = {"hv1": "198.18.0.1", "hv2": "198.18.0.2"}  # the management addre
 
 
 @pytest.fixture
-def one_network(host_vars):
+def one_network(lab, host_vars):
+    """The lab with one network for management and migration; the certificates name the new addresses (the TLS
+    check refuses a target certificate without its migration address), and again the lab's own afterwards."""
     for host, address in ONE_NETWORK.items():
         host_vars(host, livemig_migration_address=address)
+    issue_certificates(lab)
     yield
     link("hv2", "mgmt-up")
+    for host in ONE_NETWORK:
+        lab.set_host_vars(host)
+    issue_certificates(lab)
+
+
+def issue_certificates(lab) -> None:
+    issued = lab.play("certificates")
+    assert not issued.failed, issued.output
 
 
 def cut_when(condition, what: str, cut: list) -> threading.Thread:

@@ -2,11 +2,15 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import tempfile
+import time
 
 import conftest
 import pytest
 
+from ansible_collections.livemig.qemu.plugins.module_utils import _probe
+from ansible_collections.livemig.qemu.plugins.module_utils._command import CommandTimeout, Completed, Program
 from ansible_collections.livemig.qemu.plugins.module_utils._probe import (
     Probe, ProbeError, host_facts, resolve_machine)
 
@@ -75,3 +79,31 @@ def test_probe_of_a_binary_that_is_not_qemu():
         with probe:
             pass
     assert not os.path.exists(probe._dir)  # pylint: disable=protected-access
+
+
+def boot_runner(kvm_delay: float):
+    """Runs the probe's boot sector for real under TCG; a "KVM" run is that TCG run made `kvm_delay` s slower, the
+    way an emulated or nested KVM is (one that boots this machine's guests at all cannot be made on demand)."""
+    def run(argv: list[str], timeout: float, umask: int | None = None) -> Completed:
+        kvm = "kvm" in argv
+        argv = [("tcg" if arg == "kvm" else arg) for arg in argv]
+        started = time.monotonic()
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise CommandTimeout(f"{argv[0]} did not finish within {timeout:.0f}s") from None
+        if kvm:
+            if time.monotonic() - started + kvm_delay > timeout:
+                raise CommandTimeout(f"{argv[0]} did not finish within {timeout:.0f}s")
+            time.sleep(kvm_delay)
+        return Completed(done.returncode, done.stdout, done.stderr)
+    return run
+
+
+@pytest.mark.parametrize(("kvm_delay", "usable"), [(0.0, True), (3.0, False)])
+def test_kvm_is_used_only_when_it_boots_about_as_fast_as_tcg(monkeypatch, kvm_delay, usable):
+    monkeypatch.setattr(_probe.os, "access", lambda path, mode: path == "/dev/kvm" or os.access(path, mode))
+    ok, reason = _probe.kvm_can_boot(Program(conftest.QEMU, boot_runner(kvm_delay)))
+    assert ok is usable, reason
+    assert re.match(r"a KVM test guest booted in [\d.]+s \(TCG [\d.]+s\)" if usable else
+                    r"a KVM test guest did not boot within [\d.]+s where TCG took [\d.]+s", reason), reason

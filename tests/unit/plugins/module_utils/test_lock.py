@@ -116,3 +116,26 @@ def test_a_module_that_changes_the_vm_refuses_while_another_play_holds_it(tmp_pa
     assert allowed.get("failed") is not True, allowed
     with open(os.path.join(tmp_path, "run", "web1", "lock.json"), encoding="utf-8") as handle:
         assert json.load(handle)["id"] == "move-1", "the play's lease stays until the play gives it back"
+
+
+def test_a_play_run_works_under_the_lease_and_its_pid_is_busy_until_it_ends(paths):
+    _lock.acquire(paths, "move-1", "migrate", "alice", 600)
+    with _lock.held(paths, "move-1", "livemig.qemu.qemu_migrate"):
+        assert _lock.current(paths)["pids"] == [os.getpid()]
+        with pytest.raises(_lock.LockError) as refused:
+            _lock.acquire(paths, "move-2", "migrate", "bob", 600, replace="move-1")
+        assert f"its job (pid {os.getpid()}) still runs here" in str(refused.value)
+        assert refused.value.details["busy"] == [os.getpid()]
+    assert _lock.current(paths)["pids"] == []
+
+
+def test_a_lease_to_replace_is_taken_over_once_no_run_works_under_it(paths):
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    held = _lock.acquire(paths, "move-1", "migrate", "alice", 600, controller={"host": "ctl1", "pid": 1})
+    with open(paths.lock, "w", encoding="utf-8") as handle:
+        json.dump({**held, "pids": [ended.pid]}, handle)  # the job of a move that ended with its controller
+    with pytest.raises(_lock.LockError):
+        _lock.acquire(paths, "move-2", "migrate", "bob", 600, replace="move-0")
+    taken = _lock.acquire(paths, "move-2", "migrate", "bob", 600, replace="move-1", controller={"host": "ctl2"})
+    assert taken["id"] == "move-2" and taken["controller"] == {"host": "ctl2"} and taken["pids"] == []

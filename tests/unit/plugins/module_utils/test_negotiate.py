@@ -31,6 +31,10 @@ def facts(version, machines, caps=None, kvm=False, memory=8192, cpus=None, trans
     }
 
 
+def MODEL(name, *lacking):  # noqa: N802 - reads as the facts' entry it builds
+    return {"name": name, "runnable": not lacking, "migration_safe": True, "unavailable_features": list(lacking)}
+
+
 QEMU_10 = [("pc-q35-10.0", "q35"), ("pc-q35-7.2", None), ("pc-i440fx-10.0", "pc"), ("pc-i440fx-7.2", None)]
 QEMU_72 = [("pc-q35-7.2", "q35"), ("pc-i440fx-7.2", "pc")]
 
@@ -52,7 +56,8 @@ def request(source_facts=None, target_facts=None, machine="pc-q35-10.0", accel="
                        "locations": where.get("hv1")},
             "target": {"name": "hv2", "facts": target_facts, "policy": target_policy,
                        "address": address, "locations": where.get("hv2")},
-            "storage": storage or {}, "source_storage": source_storage or {}, "wishes": wishes or {}}
+            "storage": storage or {}, "source_storage": source_storage or {}, "wishes": wishes or {},
+            "tls_check": {"problems": [], "source_dn": "CN=hv1", "target_dn": "CN=hv2", "target_hostname": address}}
 
 
 def reasons(plan, method):
@@ -90,8 +95,18 @@ CASES = [
      None, {"cold": "KVM is not usable on hv2"}),
     ("CPU model missing on the target", request(spec={"cpu_model": "EPYC-Genoa"}), None,
      {"live-mirror": "has no CPU model EPYC-Genoa", "stateful": "has no CPU model EPYC-Genoa"}),
-    ("CPU model not runnable on the target", request(spec={"cpu_model": "Icelake-Server"}), None,
-     {"live-mirror": "not runnable on hv2"}),
+    ("CPU model the target lacks features of", request(
+        source_facts=facts("10.0.2", QEMU_10, cpus=[MODEL("Icelake-Server")]),
+        target_facts=facts("10.0.2", QEMU_10, cpus=[MODEL("Icelake-Server", "avx512f", "svm")]),
+        spec={"cpu_model": "Icelake-Server"}, wishes={"allow_cold": True}), "cold",
+     {"live-mirror": "CPU model Icelake-Server on hv2 lacks avx512f, svm, which the guest has on hv1",
+      "stateful": "lacks avx512f, svm"}),
+    ("CPU model both hosts lack the same features of (qemu64's svm on Intel KVM)", request(
+        source_facts=facts("10.0.2", QEMU_10, cpus=[MODEL("qemu64", "svm")]),
+        target_facts=facts("10.0.2", QEMU_10, cpus=[MODEL("qemu64", "svm")])), "live-mirror", {}),
+    ("CPU model not runnable on the target, as facts of 0.3 say it", request(
+        source_facts=facts("10.0.2", QEMU_10, cpus=[{"name": "Icelake-Server", "runnable": True}]),
+        spec={"cpu_model": "Icelake-Server"}), None, {"live-mirror": "lacks some of its features"}),
     ("CPU model not migration-safe: only cold", request(spec={"cpu_model": "max"}, wishes={"allow_cold": True}), "cold",
      {"live-mirror": "not migration-safe", "stateful": "not migration-safe"}),
     ("not enough memory on the target", request(target_facts=facts("10.0.2", QEMU_10, memory=256),
@@ -149,21 +164,21 @@ def test_cold_resolves_the_spec_machine_on_the_target():
     assert (plan["machine"], plan["accel"]) == ("pc-q35-7.2", "tcg")
     assert plan["disks"] == [{"name": "root", "format": "qcow2", "kind": "file", "shared": False,
                               "action": "copy", "reason": "disk root is local to the source"}]
-    assert plan["transport"] == {"kind": "restart", "copy": "nbd", "address": "198.18.0.102"}
+    assert plan["streams"] == {"kind": "restart", "copy": "nbd", "address": "198.18.0.102"}
 
 
 def test_live_keeps_the_pinned_machine_and_mirrors():
     plan = make_plan(request(target_facts=facts("7.2.0", QEMU_72), machine="pc-q35-7.2"))
     assert (plan["machine"], plan["accel"], plan["cpu_model"]) == ("pc-q35-7.2", "tcg", "qemu64")
     assert plan["disks"][0]["action"] == "mirror"
-    assert plan["transport"] == {"kind": "tcp", "address": "198.18.0.102", "disks": "nbd"}
+    assert plan["streams"] == {"kind": "tcp", "address": "198.18.0.102", "disks": "nbd"}
     assert plan["versions"] == {"hv1": "10.0.2", "hv2": "7.2.0"}
 
 
 def test_stateful_transport_follows_each_qemu():
     plan = make_plan(request(target_facts=facts("7.2.0", QEMU_72), machine="pc-q35-7.2",
                              wishes={"method": "stateful"}))
-    assert plan["transport"]["save"] == "file" and plan["transport"]["load"] == "exec"
+    assert plan["streams"]["save"] == "file" and plan["streams"]["load"] == "exec"
     assert plan["disks"][0]["action"] == "copy"
     assert plan["capabilities"]["source"] == [] and plan["capabilities"]["target"] == []
 
