@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """The benchmark matrix of docs/benchmarks.md in the two-host lab: policies x workloads x links, 3 runs each.
 
-Every run moves the test guest with the documented migrate playbook and is checked (heartbeats continue, no
-page-check failure, disk ring intact, rest of the disk identical). One VM per workload and link is moved back and
-forth by each policy in turn. Prints a table of medians and saves every
-figure as JSON. Run through benchmarks/run.sh, which prepares the machine; --smoke runs one case once.
+Every run moves the test guest with the documented migrate playbook, or libvirt's `virsh migrate` for the libvirt
+policies (benchmarks/libvirt.py), and is checked (heartbeats continue, no page-check failure, disk ring intact, rest
+of the disk identical). One VM per tool, workload and link is moved back and forth by each policy in turn. Prints a
+table of medians and one of our figures over libvirt's, and saves every figure as JSON. Run through
+benchmarks/run.sh, which prepares the machine; --smoke runs two cases once (ours and libvirt's).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "harness"))
 from lab import Lab, build_guest, lab_up, link  # noqa: E402
 from measure import moves  # noqa: E402
+import libvirt  # noqa: E402  benchmarks/libvirt.py, the peer
 
 # Each run may take this long; a move not finished by then counts as not completed. QEMU's defaults get less:
 # where they cannot converge they never finish, and waiting longer would only stretch the benchmark.
@@ -35,8 +37,18 @@ POLICIES = {
     # The same in cleartext, against which TLS's cost is measured.
     "auto-tcp": {"livemig_convergence": "auto", "livemig_transport": "tcp"},
     "stateful-tcp": {"livemig_method": "stateful", "livemig_transport": "tcp"},
+    # libvirt's own moves of the same guest: flags of `virsh migrate`, not playbook variables.
+    "libvirt": {"virsh": []},
+    "libvirt-autoconverge": {"virsh": ["--auto-converge"]},
+    "libvirt-postcopy": {"virsh": ["--postcopy", "--postcopy-after-precopy"]},
 }
-DEFAULT_POLICIES = ("qemu-defaults", "auto", "auto-multifd", "postcopy-early", "stateful")
+DEFAULT_POLICIES = ("qemu-defaults", "auto", "auto-multifd", "postcopy-early", "stateful", "libvirt",
+                    "libvirt-autoconverge", "libvirt-postcopy")
+# The libvirt policy each of ours is compared with: the nearest in what it allows.
+BASELINES = {"qemu-defaults": "libvirt", "stateful": "libvirt", "stateful-tcp": "libvirt",
+             "auto": "libvirt-autoconverge", "auto-multifd": "libvirt-autoconverge", "auto-tcp": "libvirt-autoconverge",
+             "postcopy-early": "libvirt-postcopy"}
+RATIOS = ("guest_visible_downtime_ms", "guest_disturbance_ms", "migration_time_ms", "total_time_s")
 WORKLOADS = ("idle", "light", "heavy")
 LINKS = {"unlimited": None, "1gbit": "1gbit"}
 MEDIANS = ("guest_visible_downtime_ms", "guest_disturbance_ms", "qemu_downtime_ms", "stop_to_resume_ms",
@@ -61,6 +73,52 @@ def link_rate(size: int = 256 << 20) -> float:
     finally:
         server.wait(30)
     return size / seconds
+
+
+def is_libvirt(policy: str) -> bool:
+    return "virsh" in POLICIES[policy]
+
+
+def run_case(lab: Lab, name: str, workload: str, order: list[str], rate: float) -> list[tuple[str, dict]]:
+    """Every move of `order` (policies, interleaved) on one workload and link. Our VM and libvirt's, from one spec,
+    are each booted once and moved back and forth; while one tool moves its VM the other's is paused, so that one
+    guest at a time uses the CPU."""
+    lab.define_vm(name, workload)
+    peer = libvirt.LibvirtVM(f"lv-{name}", dict(lab.vms[name]), workload) if any(map(is_libvirt, order)) else None
+    pending = list(order)
+    results = []
+
+    def peer_moves() -> None:
+        while pending and is_libvirt(pending[0]):
+            policy = pending.pop(0)
+            results.append((policy, peer.move(POLICIES[policy]["virsh"], RUN_TIMEOUT_S)))
+
+    def between(host: str) -> None:
+        """Before each of our moves: the libvirt moves due first, with our VM paused."""
+        if pending and is_libvirt(pending[0]):
+            lab.qmp(host, name, "stop")
+            peer.resume()
+            peer_moves()
+            peer.suspend()
+            lab.qmp(host, name, "cont")
+            time.sleep(1)  # our guest runs again before its move is measured
+        pending.pop(0)
+
+    plan = [(policy, {"livemig_migration_timeout": RUN_TIMEOUT_S, **POLICIES[policy]})
+            for policy in order if not is_libvirt(policy)]
+    try:
+        if peer:
+            peer.boot("hv1")
+            peer.suspend()
+        if plan:
+            results += moves(lab, name, workload, plan, rate, between=between)
+        if pending:
+            peer.resume()
+            peer_moves()
+    finally:
+        if peer:
+            peer.remove()
+    return results
 
 
 def medians(runs: list[dict]) -> dict:
@@ -95,9 +153,41 @@ def table(cases: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ratios(cases: list[dict]) -> list[dict]:
+    """Per case (workload x link), each of our policies' medians over its libvirt baseline's (BASELINES; plain
+    `libvirt` when that one was not run)."""
+    found = {(case["policy"], case["workload"], case["link"]): case for case in cases}
+    rows = []
+    for case in cases:
+        if is_libvirt(case["policy"]):
+            continue
+        where = (case["workload"], case["link"])
+        baseline = found.get((BASELINES[case["policy"]], *where)) or found.get(("libvirt", *where))
+        if baseline is None:
+            continue
+        row = {"policy": case["policy"], "baseline": baseline["policy"], "workload": case["workload"],
+               "link": case["link"]}
+        for key in RATIOS:
+            ours, theirs = case["medians"].get(key), baseline["medians"].get(key)
+            row[key] = round(ours / theirs, 2) if ours is not None and theirs else None
+        rows.append(row)
+    return rows
+
+
+def ratio_table(rows: list[dict]) -> str:
+    heads = ("policy", "libvirt baseline", "workload", "link", "guest freeze", "disturbance outside switchover",
+             "migration time", "total time")
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for row in rows:
+        figures = ["-" if row[key] is None else f"{row[key]:g}" for key in RATIOS]
+        lines.append("| " + " | ".join([row["policy"], row["baseline"], row["workload"], row["link"], *figures]) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--smoke", action="store_true", help="one case (auto, light, unlimited link), one run")
+    parser.add_argument("--smoke", action="store_true",
+                        help="two cases (auto and libvirt, light, unlimited link), one run each")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--policies", nargs="+", choices=POLICIES, default=list(DEFAULT_POLICIES))
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
@@ -105,9 +195,12 @@ def main() -> int:
     parser.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results.json"))
     options = parser.parse_args()
     if options.smoke:
-        options.policies, options.workloads, options.links, options.runs = ["auto"], ["light"], ["unlimited"], 1
+        options.policies, options.workloads, options.links = ["auto", "libvirt"], ["light"], ["unlimited"]
+        options.runs = 1
 
     lab_up()
+    if any(map(is_libvirt, options.policies)):
+        libvirt.libvirt_up()
     lab = Lab(build_guest(), tempfile.mkdtemp(prefix="livemig-bench-"))
     began = time.monotonic()
     cases = []
@@ -121,9 +214,8 @@ def main() -> int:
                 print(f"== {workload} workload, {link_name} link ({rate * 8 / 1e9:.2f} Gbit/s measured): "
                       f"{', '.join(options.policies)}, {options.runs} moves each", flush=True)
                 # Interleaved (every policy once, then again), so that a slow spell of the machine hits them alike.
-                plan = [(policy, {"livemig_migration_timeout": RUN_TIMEOUT_S, **POLICIES[policy]})
-                        for _run in range(options.runs) for policy in options.policies]
-                done = moves(lab, f"bench-{workload}-{link_name}", workload, plan, rate)
+                order = [policy for _run in range(options.runs) for policy in options.policies]
+                done = run_case(lab, f"bench-{workload}-{link_name}", workload, order, rate)
                 for policy in options.policies:
                     runs = [run for label, run in done if label == policy]
                     case = {"policy": policy, "workload": workload, "link": link_name, "link_bytes_per_s": rate,
@@ -137,10 +229,15 @@ def main() -> int:
     elapsed = time.monotonic() - began
     summary = table(cases)
     print(f"\nmedians of {options.runs} run(s) per case, {elapsed / 60:.1f} min in all\n\n{summary}")
+    compared = ratios(cases)
+    against = ratio_table(compared)
+    if compared:
+        print(f"\nours / libvirt's (medians; below 1: ours is smaller)\n\n{against}")
     with open(options.json, "w", encoding="utf-8") as handle:
         json.dump({"runs_per_case": options.runs, "run_timeout_s": RUN_TIMEOUT_S,
                    "qemu_defaults_timeout_s": DEFAULTS_TIMEOUT_S, "elapsed_s": round(elapsed),
-                   "cases": cases, "table": summary}, handle, indent=2)
+                   "cases": cases, "table": summary, "baselines": BASELINES, "ratios": compared,
+                   "ratio_table": against}, handle, indent=2)
     print(f"\nsaved {options.json}")
     return 0 if all(case["medians"]["checks_pass"] for case in cases) else 1
 

@@ -74,6 +74,8 @@ stop_client() {
     return 0
 }
 
+# The hosts' libvirtd (lab/libvirt.sh), if it ever ran: before the hosts' other processes.
+LAB_DIR="$LAB_DIR" "$(dirname "${BASH_SOURCE[0]}")/libvirt.sh" down >/dev/null || log "lab/libvirt.sh down failed"
 for h in "${HOSTS[@]}"; do stop_host "$h"; done
 stop_client
 

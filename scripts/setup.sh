@@ -38,6 +38,20 @@ if [ "${#missing[@]}" -gt 0 ] || [ "${qemu_major:-0}" -lt 10 ]; then
 fi
 qemu-system-x86_64 --version | sed -n 1p
 
+# libvirt 11.3 from bookworm-backports, the benchmark's peer (lab/libvirt.sh): libvirtd with its QEMU driver, and
+# virsh. Each package pinned to backports by name: `-t bookworm-backports` would also take systemd from there.
+if ! command -v libvirtd >/dev/null 2>&1 || ! command -v virsh >/dev/null 2>&1 ||
+        [ ! -e /usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so ]; then
+    libvirt_packages=()
+    for package in libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt0 libvirt-common \
+            libvirt-daemon-common libvirt-daemon-log; do
+        libvirt_packages+=("$package/bookworm-backports")
+    done
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${libvirt_packages[@]}" >/dev/null
+fi
+libvirtd --version
+
 # The older peer for cross-version tests: bookworm's own QEMU 7.2 (not backports), unpacked beside QEMU 10 into
 # /opt/livemig/qemu-7.2/root with its own ROMs, firmware (bookworm's seabios/ipxe) and modules (TCG is one), and
 # started through bin/qemu-system-x86_64, a wrapper that execs it so /proc/PID/cmdline keeps every argument.

@@ -8,6 +8,11 @@ records from query-migrate) and applies the actions it returns. On a stall it
 escalates in a fixed order, each step only as far as the user allowed:
 raise the downtime limit towards the target, let auto-converge throttle the
 guest harder, switch to post-copy, and finally abort with the measured rates.
+
+With post-copy allowed the guest is never throttled harder: as soon as the first
+passes after the bulk show that pre-copy cannot converge, the policy raises the
+downtime limit once, to the target, if the last pass would then fit in it, and
+otherwise switches to post-copy at once.
 """
 from __future__ import annotations
 
@@ -62,6 +67,7 @@ class ConvergenceSettings:
     progress: float = 0.10  # a pass is progress when it is this much smaller than the best one so far
     rate_window: float = 5.0  # seconds of samples for the dirty rate / link rate comparison
     settle_seconds: float = 3.0  # after an action, wait this long and for one more pass before the next
+    early_passes: int = 2  # with post-copy allowed, the passes after the bulk judged at once, each on its own
 
 
 def completion_timeout(ram_bytes: int, disk_bytes: int = 0, absolute_s: float = 3600.0, base_s: float = 60.0,
@@ -91,9 +97,11 @@ class ConvergencePolicy:
         self._best: int | None = None  # the smallest pass so far, the pass it was and when it ended
         self._best_pass = 0
         self._best_t = 0.0
+        self._peaks: list[int] = []  # the largest remaining of each pass after the bulk that has ended
         self._window: deque[dict[str, Any]] = deque()
         self._settle_until = (0.0, 0)
         self._throttle_mark = -1
+        self._just_judged = 0
 
     def initial_parameters(self) -> dict[str, Any]:
         """migrate-set-parameters for the start, applied after the user's own parameters."""
@@ -116,13 +124,15 @@ class ConvergencePolicy:
             return self._act(sample, [StartPostcopy(f"{passes - 1} passes done")])
         if sample["t"] < self._settle_until[0] or passes < self._settle_until[1]:
             return []
-        why = self.stall_reason(sample)
+        why = self.early_reason() or self.stall_reason(sample)
         return self._act(sample, self._escalate(sample, why)) if why else []
 
     def _record(self, sample: dict[str, Any], passes: int) -> None:
         if passes != self._pass:  # the pass before has ended: is it the smallest by a clear margin?
-            if self._pass is not None and self._progressed():
-                self._best, self._best_pass, self._best_t = self._peak, self._pass, sample["t"]
+            if self._pass is not None:
+                self._peaks.append(self._peak)
+                if self._progressed():
+                    self._best, self._best_pass, self._best_t = self._peak, self._pass, sample["t"]
             self._pass, self._peak = passes, sample["remaining"]
         self._peak = max(self._peak, sample["remaining"])
         self._window.append(sample)
@@ -140,6 +150,21 @@ class ConvergencePolicy:
             return dirty, (last["transferred"] - first["transferred"]) / (last["t"] - first["t"])
         return dirty, (last.get("mbps") or 0) * 1e6 / 8  # QEMU's mbps is megabits per second
 
+    def early_reason(self) -> str | None:
+        """With post-copy allowed, why the first passes after the bulk already show that pre-copy cannot converge:
+        the guest dirties as fast as the link carries, or a pass is not clearly smaller than the one before."""
+        settings, peaks = self.settings, self._peaks
+        if not settings.postcopy or not 0 < len(peaks) <= settings.early_passes or self._just_judged == len(peaks):
+            return None
+        self._just_judged = len(peaks)  # each early pass is judged once, on the first sample after it
+        dirty, link = self.rates()
+        if link > 0 and dirty >= link:
+            return f"after pass {len(peaks) + 1} the dirty rate {mib_s(dirty)} >= link rate {mib_s(link)}"
+        if len(peaks) > 1 and peaks[-1] >= peaks[-2] * (1 - settings.progress):
+            return (f"pass {len(peaks) + 1} ({peaks[-1] / MIB:.1f} MiB) is not clearly smaller than pass "
+                    f"{len(peaks)} ({peaks[-2] / MIB:.1f} MiB)")
+        return None
+
     def stall_reason(self, sample: dict[str, Any]) -> str | None:
         """Why pre-copy is not converging, or None while it is."""
         settings = self.settings
@@ -155,6 +180,8 @@ class ConvergencePolicy:
 
     def _escalate(self, sample: dict[str, Any], why: str) -> list[Action]:
         settings = self.settings
+        if settings.postcopy:
+            return self._towards_postcopy(why)
         if self.downtime_ms < settings.max_downtime_ms:
             self.downtime_ms = min(settings.max_downtime_ms, int(self.downtime_ms * settings.downtime_factor))
             return [SetParameters({"downtime-limit": self.downtime_ms}, why)]
@@ -162,13 +189,24 @@ class ConvergencePolicy:
             actions = self._throttle_harder(sample, why)
             if actions is not None:
                 return actions
-        if settings.postcopy:
-            return [StartPostcopy(why)]
         dirty, link = self.rates()
         throttle = f", cpu throttle {sample.get('throttle') or 0}%" if settings.auto_converge else ""
         return [Abort(f"pre-copy cannot converge: the guest dirties {mib_s(dirty)}, the link carries {mib_s(link)} "
                       f"({why}; downtime limit {self.downtime_ms} ms{throttle}); "
                       "allow post-copy or raise livemig_max_downtime_ms")]
+
+    def _towards_postcopy(self, why: str) -> list[Action]:
+        """Post-copy, unless the downtime target would let pre-copy converge now: what the last pass left to send,
+        at the link rate, fits in it. Then the limit goes to the target at once, and post-copy follows if even that
+        does not help."""
+        target = self.settings.max_downtime_ms
+        unused_dirty, link = self.rates()
+        last_pass = self._peaks[-1] if self._peaks else self._peak
+        if self.downtime_ms < target and link > 0 and last_pass / link * 1000 <= target:
+            self.downtime_ms = target
+            return [SetParameters({"downtime-limit": target}, f"{why}; the last pass ({last_pass / MIB:.1f} MiB at "
+                                                              f"{mib_s(link)}) fits in {target} ms")]
+        return [StartPostcopy(why)]
 
     def _throttle_harder(self, sample: dict[str, Any], why: str) -> list[Action] | None:
         """The next auto-converge step ([] to wait for QEMU), or None once throttling is exhausted."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _probe
+from ansible_collections.livemig.qemu.plugins.module_utils import _probe, _probecache
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._module import Task
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
@@ -70,7 +70,9 @@ def run(task: Task) -> dict[str, Any]:
     if params["probe"]:
         qemu = task.qemu()
         try:
-            facts.update(_probe.host_facts(qemu, params["check_kvm"]))
+            answers, cached = _probecache.cached_facts(host["run_dir"], qemu.path, params["check_kvm"],
+                                                       lambda: _probe.host_facts(qemu, params["check_kvm"]))
+            facts.update(answers, probe_cached=cached)
         except (_probe.ProbeError, QMPError) as exc:
             raise LivemigError(f"cannot ask this host's QEMU: {exc}") from None
     if host["run_dir"]:

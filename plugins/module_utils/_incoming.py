@@ -3,7 +3,9 @@
 """The qemu_migrate_incoming module: the target listens for a migration, lets the VM run once it has arrived, or
 ends a target that never ran it.
 
-Private to the livemig.qemu collection.
+Private to the livemig.qemu collection. The listener also picks the port where a paused post-copy is resumed
+(the volatile key `recovery_uri` of this host's record); the watcher issues `migrate-recover` there whenever the
+post-copy pauses, and follows a post-copy to its end.
 """
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ from typing import Any
 from ansible_collections.livemig.qemu.plugins.module_utils import _nbdexport, _tlsqemu
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import (
-    check_request, host_port, migration_status, set_capabilities)
+    POSTCOPY, check_request, free_port, host_port, migration_status, set_capabilities)
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths, file_node
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession, QMPTimeout, event_time
 from ansible_collections.livemig.qemu.plugins.module_utils._state import load_record, mark_ran, ran_here, updating
+
+RECOVER_RETRY = 1.0  # seconds between two migrate-recover attempts
 from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import kill_qemu, running_pid, vm_status
 
 
@@ -44,7 +48,9 @@ def listen(task: Any, session: QMPSession) -> dict[str, Any]:
         raise LivemigError(f"VM {vm}: QEMU is {status}, not waiting for an incoming migration")
     uri = listening_uri(session.execute("query-migrate"))
     if uri:
-        return {"changed": False, "uri": uri, "port": int(uri.rsplit(":", 1)[1]), "status": status}
+        record = load_record(task.paths.record, vm)
+        return {"changed": False, "uri": uri, "port": int(uri.rsplit(":", 1)[1]), "status": status,
+                "recovery_uri": record.volatile.get("recovery_uri") if record else None}
     try:
         parameters = check_request(session, params["capabilities"], params["parameters"],
                                    _tlsqemu.MANAGED_PARAMETERS)
@@ -68,7 +74,11 @@ def listen(task: Any, session: QMPSession) -> dict[str, Any]:
     uri = listening_uri(session.execute("query-migrate"))
     if not uri:
         raise LivemigError(f"VM {vm}: QEMU accepted migrate-incoming but reports no listening address")
-    return {"changed": True, "uri": uri, "port": int(uri.rsplit(":", 1)[1]), "status": status}
+    recovery_uri = f"tcp:{host_port(params['address'], free_port(params['address']))}"
+    with updating(task.paths.record, vm) as record:
+        record.volatile["recovery_uri"] = recovery_uri
+    return {"changed": True, "uri": uri, "port": int(uri.rsplit(":", 1)[1]), "status": status,
+            "recovery_uri": recovery_uri}
 
 
 def disk_allocated(session: QMPSession) -> dict[str, int]:
@@ -92,14 +102,21 @@ def let_run(paths: VMPaths, session: QMPSession) -> None:
 
 
 def wait_completed(task: Any, session: QMPSession) -> dict[str, Any]:
-    paths = task.paths
-    deadline = time.monotonic() + task.params["timeout"]
+    """Let the VM run once it is here; in post-copy go on until all its memory has arrived, recovering each pause."""
+    paths, params = task.paths, task.params
+    deadline = time.monotonic() + params["timeout"]
     with session.subscribe(("RESUME", "MIGRATION")) as events:
-        status = session.execute("query-status")["status"]
-        if status == "running":
-            return {"changed": False, "status": status, "resume_time": None, "disk_allocated": disk_allocated(session)}
-        if status == "paused" and migration_status(session) in TAKE_OVER:  # delivered while nobody watched
+        status, incoming = session.execute("query-status")["status"], migration_status(session)
+        resumed = status == "running"
+        if resumed and incoming not in POSTCOPY:
+            return finished(session, False, None)
+        started = resumed
+        if status == "paused" and incoming in TAKE_OVER:  # delivered while nobody watched
             let_run(paths, session)
+            started = True
+        if incoming == "postcopy-paused":
+            recover(paths, session, params["recovery_timeout"])
+        resume_time = None
         while True:
             try:
                 event = events.wait(None, deadline, "the incoming migration to complete")
@@ -107,14 +124,57 @@ def wait_completed(task: Any, session: QMPSession) -> dict[str, Any]:
                 raise LivemigError(f"VM {paths.vm}: the incoming migration did not complete in time",
                                    details={"status": session.execute("query-status")["status"]}) from exc
             if event["event"] == "RESUME":
-                return {"changed": True, "status": "running", "resume_time": event_time(event),
-                        "disk_allocated": disk_allocated(session)}
+                resumed, resume_time = True, event_time(event)
+                if migration_status(session) not in POSTCOPY:
+                    return finished(session, True, resume_time)
+                continue
             incoming = event["data"].get("status")
-            if incoming in TAKE_OVER:
+            if incoming in TAKE_OVER and not started:
                 let_run(paths, session)
-            elif incoming in ("failed", "postcopy-paused"):
-                raise LivemigError(f"VM {paths.vm}: the incoming migration {incoming}",
+                started = True
+            elif incoming == "completed" and resumed:
+                return finished(session, True, resume_time)
+            elif incoming == "postcopy-paused" and migration_status(session) == "postcopy-paused":
+                recover(paths, session, params["recovery_timeout"])
+            elif incoming == "failed":
+                raise LivemigError(f"VM {paths.vm}: the incoming migration failed",
                                    details={"status": session.execute("query-status")["status"]})
+
+
+def finished(session: QMPSession, changed: bool, resume_time: float | None) -> dict[str, Any]:
+    """The watcher's result; the vCPUs' waits for pages when post-copy ran with postcopy-blocktime (QEMU shows them
+    in the target's query-migrate once the migration has completed)."""
+    info = session.execute("query-migrate")
+    return {"changed": changed, "status": "running", "resume_time": resume_time,
+            "disk_allocated": disk_allocated(session), "postcopy_blocktime_ms": info.get("postcopy-blocktime"),
+            "postcopy_vcpu_blocktime_ms": info.get("postcopy-vcpu-blocktime")}
+
+
+def recover(paths: VMPaths, session: QMPSession, timeout: float) -> None:
+    """The post-copy paused: listen on this host's recovery URI for the source to resume it. QEMU refuses while the
+    port is still taken or the broken stream is not yet torn down: retried once a second for `timeout` seconds."""
+    record = load_record(paths.record, paths.vm)
+    uri = record.volatile.get("recovery_uri") if record else None
+    if not uri:
+        raise LivemigError(f"VM {paths.vm}: the incoming post-copy paused and this host's record names no recovery "
+                           "URI (listen with this version of qemu_migrate_incoming)", phase="post-copy",
+                           source_running=False, target_may_have_run=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            session.execute("migrate-recover", {"uri": uri})
+            return
+        except QMPError as exc:
+            if migration_status(session) != "postcopy-paused":  # the source came back by itself or it is over
+                return
+            if time.monotonic() > deadline:
+                raise LivemigError(f"VM {paths.vm}: the post-copy paused and migrate-recover on {uri} was refused for "
+                                   f"{timeout:g}s: {exc}. The VM is paused here in postcopy-paused, part of its memory "
+                                   "still on the source: keep both QEMUs; retry with livemig.qemu.qemu_qmp "
+                                   f"command=migrate-recover arguments={{\"uri\": \"{uri}\"}} here, then migrate "
+                                   "with resume=true on the source", phase="post-copy", source_running=False,
+                                   target_may_have_run=True) from exc
+            time.sleep(RECOVER_RETRY)
 
 
 def aborted(task: Any) -> dict[str, Any]:

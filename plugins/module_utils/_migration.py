@@ -10,6 +10,12 @@ Once a second it samples query-migrate and the disk mirror jobs, writes the
 sample to a progress file (`_progress`), shares a bandwidth cap between RAM and the
 mirrors, and lets the convergence policy (`_convergence`) raise the downtime limit,
 throttle the guest, switch to post-copy or give up.
+
+In post-copy a broken link pauses the migration (postcopy-paused); with a recovery
+URI it is resumed there (`migrate` with resume=true, once a second) until QEMU takes
+it or recovery_timeout passes. A link that silently drops everything makes no error:
+a post-copy that moves no byte for postcopy_stall_seconds is paused on purpose
+(`migrate-pause`), then recovered the same way.
 """
 from __future__ import annotations
 
@@ -40,6 +46,8 @@ MANAGED_PARAMETERS = {"max-bandwidth": "max_bandwidth", "downtime-limit": "downt
                       **_tlsqemu.MANAGED_PARAMETERS}
 SHARE_FLOOR = 0.10  # RAM keeps at least this part of a bandwidth cap the disk mirrors share
 SHARE_STEP = 0.10  # max-bandwidth changes only when the share moves by more than this
+RECOVERY_RETRY = 1.0  # seconds between two attempts to resume a paused post-copy
+RECOVERED = ("postcopy-recover", "postcopy-active", "completed")  # a paused post-copy has left postcopy-paused
 
 
 class Phase(enum.Enum):
@@ -89,6 +97,9 @@ class MigrationSettings:
     policy_overrides: dict[str, Any] = field(default_factory=dict)  # ConvergenceSettings fields (tests, tuning)
     timeout_base_s: float = 60.0  # the size-scaled limit: base + size / rate
     timeout_min_rate: float = MIN_EXPECTED_RATE
+    recovery_uri: str | None = None  # where the target listens to resume a paused post-copy; None: no recovery
+    recovery_timeout: float = 120.0  # how long a paused post-copy is tried to be resumed
+    postcopy_stall_seconds: float = 3.0  # post-copy without a byte moved this long: the link is dead, pause it
     # Called, and must have made it durable, before anything is sent that lets the target run the VM.
     before_point_of_no_return: Callable[[], None] = lambda: None
 
@@ -123,6 +134,9 @@ class SourceMigration:
         self._disk_total = 0
         self._mirror_mark: tuple[float, int] | None = None
         self._latest: dict[str, Any] | None = None
+        self.recoveries: list[dict[str, Any]] = []  # each paused post-copy: {paused_at, resumed_at, attempts}
+        self._paused_seconds = 0.0  # spent resuming paused post-copies: the time limit grows by it
+        self._stall_mark = 0.0  # the stall check counts from here (the end of the last recovery)
 
     # -- the sequence ------------------------------------------------------------------------------
 
@@ -238,9 +252,9 @@ class SourceMigration:
         return {**ours, **self.parameters, **self.policy.initial_parameters()}
 
     def _follow(self, events: Any) -> None:
-        deadline = self._started + self.timeout
         next_sample = time.monotonic()
         while True:
+            deadline = self._started + self.timeout + self._paused_seconds
             now = time.monotonic()
             if now >= next_sample:
                 self._observe(now)
@@ -261,11 +275,13 @@ class SourceMigration:
     def _observe(self, now: float) -> None:
         """Sample, record, share the bandwidth, ask the policy; fail on a stall."""
         info = self.session.execute("query-migrate")
+        if info.get("status") == "postcopy-paused":
+            self._enter_postcopy()
+            self._postcopy_paused(info)
+            info, now = self.session.execute("query-migrate"), time.monotonic()
         jobs = self._jobs()
         if info.get("status") in POSTCOPY:
             self._enter_postcopy()
-        if info.get("status") == "postcopy-paused":
-            self._postcopy_paused(info)
         point = _progress.sample(info, now - self._started, self.phase.reported, self.downtime_limit_ms,
                                  self._disk_figures(jobs))
         self._record(point)
@@ -273,7 +289,7 @@ class SourceMigration:
             self._share_bandwidth(point, jobs)
             for action in self.policy.observe(point):
                 self._apply(point["t"], action)
-        self._check_stall(now)
+        self._check_stall(now, point["status"])
 
     def _record(self, point: dict[str, Any]) -> None:
         self.history.append(point)
@@ -311,14 +327,24 @@ class SourceMigration:
             self.actions.append({"t": t, "action": "abort", "reason": action.message})
             raise MigrationFailed(self.phase, action.message, True)
 
-    def _check_stall(self, now: float) -> None:
-        """Fail when no RAM moves for stall_timeout seconds: a dead link never errors by itself."""
+    def _check_stall(self, now: float, status: str) -> None:
+        """Fail when no RAM moves for stall_timeout seconds: a dead link never errors by itself. In a post-copy that
+        can be recovered, pause it after postcopy_stall_seconds instead: the recovery takes it from there."""
         moved = [point for point in self.history if point["transferred"] is not None]
         if not moved:
             return
         latest = moved[-1]["transferred"]
         since = next((point["t"] for point in moved if point["transferred"] == latest), moved[-1]["t"])
-        if now - self._started - since >= self.settings.stall_timeout:
+        still = now - self._started - max(since, self._stall_mark)
+        if self.settings.recovery_uri and status == "postcopy-active":
+            if still >= self.settings.postcopy_stall_seconds:
+                self.actions.append({"t": round(now - self._started, 3), "action": "migrate-pause",
+                                     "reason": f"no data moved for {still:.1f}s in post-copy: the link is taken for "
+                                               "dead, the stream is broken on purpose to be resumed"})
+                self.session.execute("migrate-pause")
+                self._stall_mark = now - self._started
+            return
+        if still >= self.settings.stall_timeout:
             raise MigrationFailed(self.phase, f"no data moved for {self.settings.stall_timeout:g}s "
                                   "(is the migration link down?)", True)
 
@@ -357,7 +383,9 @@ class SourceMigration:
                 self._enter_postcopy()
             elif status == "postcopy-paused":
                 self._enter_postcopy()
-                self._postcopy_paused(self.session.execute("query-migrate"))
+                info = self.session.execute("query-migrate")
+                if info.get("status") == "postcopy-paused":  # not an event from before a recovery
+                    self._postcopy_paused(info)
             elif status == "completed":
                 self.marks["completed"] = event_time(event)
                 return True
@@ -376,8 +404,58 @@ class SourceMigration:
         return False
 
     def _postcopy_paused(self, info: dict[str, Any]) -> None:
-        raise MigrationFailed(Phase.POST_COPY, "QEMU paused the post-copy (postcopy-paused: "
-                              f"{info.get('error-desc') or 'the migration stream broke'})", False)
+        why = info.get("error-desc") or "the migration stream broke"
+        if not self.settings.recovery_uri:
+            raise MigrationFailed(Phase.POST_COPY, f"QEMU paused the post-copy (postcopy-paused: {why})", False)
+        self._recover(why)
+
+    def _recover(self, why: str) -> None:
+        """Resume the paused post-copy on the recovery URI, once a second, until QEMU has left postcopy-paused or
+        recovery_timeout has passed. The source is never resumed: the target runs the guest."""
+        settings = self.settings
+        start = time.monotonic()
+        paused_at = round(start - self._started, 3)
+        self.actions.append({"t": paused_at, "action": "postcopy-paused", "reason": why})
+        deadline = start + settings.recovery_timeout
+        attempts, tried, problem, next_sample = 0, float("-inf"), None, start
+        while True:
+            info = self.session.execute("query-migrate")
+            status, now = info.get("status"), time.monotonic()
+            if status in RECOVERED:
+                break
+            if status not in POSTCOPY:
+                raise MigrationFailed(Phase.POST_COPY, f"QEMU reports the migration {status} while resuming the "
+                                      f"post-copy: {info.get('error-desc') or status}", False)
+            if now >= next_sample:
+                self._record(_progress.sample(info, now - self._started, self.phase.reported, self.downtime_limit_ms))
+                next_sample = now + settings.sample_interval
+            if now > deadline:
+                raise MigrationFailed(Phase.POST_COPY, self._unrecovered(why, attempts, problem), False)
+            if status == "postcopy-paused" and now - tried >= RECOVERY_RETRY:
+                attempts, tried = attempts + 1, now
+                try:
+                    self.session.execute("migrate", {"uri": settings.recovery_uri, "resume": True})
+                except QMPError as exc:
+                    problem = str(exc)
+            time.sleep(0.05)
+        resumed = time.monotonic()
+        self._paused_seconds += resumed - start
+        self._stall_mark = resumed - self._started
+        self.recoveries.append({"paused_at": paused_at, "resumed_at": round(resumed - self._started, 3),
+                                "attempts": attempts})
+        self.actions.append({"t": round(resumed - self._started, 3), "action": "postcopy-resumed",
+                             "reason": f"QEMU reports {status} after {attempts} resume attempts on "
+                                       f"{settings.recovery_uri}"})
+
+    def _unrecovered(self, why: str, attempts: int, problem: str | None) -> str:
+        uri = self.settings.recovery_uri
+        last = f"; the last refusal: {problem}" if problem else ""
+        return (f"the post-copy paused ({why}) and could not be resumed within {self.settings.recovery_timeout:g}s "
+                f"({attempts} attempts of migrate with resume=true to {uri}{last}). The VM is paused on the target "
+                f"in postcopy-paused with part of its memory still here: both QEMUs are kept and the source is not "
+                f"resumed. To retry once the link works: on the target, if its query-migrate lists no socket on "
+                f"{uri}, run livemig.qemu.qemu_qmp command=migrate-recover arguments={{\"uri\": \"{uri}\"}}; then "
+                f"here, livemig.qemu.qemu_qmp command=migrate arguments={{\"uri\": \"{uri}\", \"resume\": true}}")
 
     def _error_desc(self) -> str | None:
         try:
@@ -443,7 +521,7 @@ class SourceMigration:
         try:
             return self._statistics()
         except QMPError:
-            return {"history": self.history, "policy_actions": self.actions}
+            return {"history": self.history, "policy_actions": self.actions, "recoveries": self.recoveries}
 
     def _statistics(self) -> dict[str, Any]:
         info = self.session.execute("query-migrate")
@@ -473,6 +551,7 @@ class SourceMigration:
             "policy_actions": self.actions,
             "postcopy_started": self.phase is Phase.POST_COPY,
             "postcopy_time_ms": postcopy_ms,
+            "recoveries": self.recoveries,
             "effective_timeout_s": round(self.timeout, 1),
             "timeout_limit": self.timeout_limit,
             "downtime_limit_ms": self.downtime_limit_ms,

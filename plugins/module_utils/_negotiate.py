@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ansible_collections.livemig.qemu.plugins.module_utils import _forecast
 from ansible_collections.livemig.qemu.plugins.module_utils._convergence import POLICIES
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
@@ -36,6 +37,14 @@ OPTIONAL_SOURCE = ("auto-converge",)
 OPTIONAL = OPTIONAL_BOTH + OPTIONAL_SOURCE
 # QEMU refuses these together; the one asked for first wins.
 INCOMPATIBLE = (("multifd", "xbzrle"), ("multifd", "postcopy-ram"))
+# QEMU 10.0 refuses multifd with postcopy-ram ("Postcopy is not yet compatible with multifd"), 10.1 takes both.
+# 7.2 takes the capabilities but does not work with both.
+MULTIFD_WITH_POSTCOPY = (10, 1)
+# Switched on with postcopy-ram where the QEMUs have them: the preempt channel (both ends, they must match) lets
+# the target's page requests overtake the background stream; blocktime (the target's only) measures the vCPUs'
+# waits for pages.
+POSTCOPY_BOTH = ("postcopy-preempt",)
+POSTCOPY_TARGET = ("postcopy-blocktime",)
 POLICY_KEYS = ("methods", "deny_capabilities")
 QMP_INT_MAX = 2 ** 63 - 1
 # The role's other numbers: (lowest, highest or None, unit). Checked with the plan, so that a bad one stops the move
@@ -56,7 +65,8 @@ NUMBER_DEFAULTS = {"max_bandwidth": 0, "max_downtime_ms": 300, "progress_interva
 WISH_DEFAULTS: dict[str, Any] = {"method": "auto", "transport": "tls", "allow_fallback": True, "allow_cold": False,
                                  "capabilities": [], "capabilities_allow": list(OPTIONAL), "capabilities_deny": [],
                                  "multifd_channels": 0, "multifd_compression": "none", "xbzrle_cache_mb": 0,
-                                 "convergence": "defaults", "allow_postcopy": False, **ANNOUNCE_DEFAULTS,
+                                 "convergence": "defaults", "allow_postcopy": False, "predict": True,
+                                 **ANNOUNCE_DEFAULTS,
                                  **NUMBER_DEFAULTS}
 
 
@@ -83,7 +93,7 @@ def check_wishes(raw: dict[str, Any] | None) -> dict[str, Any]:
         raise PlanError(f"livemig_transport must be one of {', '.join(TRANSPORTS)}, got {wishes['transport']!r}")
     if wishes["convergence"] not in POLICIES:
         raise PlanError(f"livemig_convergence must be one of {', '.join(POLICIES)}, got {wishes['convergence']!r}")
-    for key in ("allow_fallback", "allow_cold", "allow_postcopy"):
+    for key in ("allow_fallback", "allow_cold", "allow_postcopy", "predict"):
         if not isinstance(wishes[key], bool):
             raise PlanError(f"livemig_{key} must be true or false, got {wishes[key]!r}")
     for key in ("multifd_channels", "xbzrle_cache_mb"):
@@ -267,13 +277,17 @@ def enabled_features(source: dict[str, Any], target: dict[str, Any], wishes: dic
     Adds to `unusable` why a wanted one is left out.
     """
     enabled: list[str] = []
+    combinable = _multifd_with_postcopy(source, target)
     for cap in dict.fromkeys(wanted_capabilities(wishes)):
         clash = next((first for first, second in INCOMPATIBLE if second == cap and first in enabled), None) or \
             next((second for first, second in INCOMPATIBLE if first == cap and second in enabled), None)
         if cap not in usable:
             continue
-        if clash:
-            unusable[cap] = f"{cap} left out: QEMU cannot combine it with {clash}"
+        if clash and {cap, clash} == {"multifd", "postcopy-ram"} and combinable is None:
+            enabled.append(cap)
+        elif clash:
+            unusable[cap] = f"{cap} left out: QEMU cannot combine it with {clash}" + (
+                f" ({combinable})" if {cap, clash} == {"multifd", "postcopy-ram"} else "")
         else:
             enabled.append(cap)
     both: dict[str, Any] = {}
@@ -296,6 +310,34 @@ def enabled_features(source: dict[str, Any], target: dict[str, Any], wishes: dic
     if "xbzrle" in enabled:
         source_only["xbzrle-cache-size"] = wishes["xbzrle_cache_mb"] * 1048576
     return enabled, {"source": {**both, **source_only}, "target": dict(both)}
+
+
+def _version(facts: dict[str, Any]) -> tuple[int, ...]:
+    numbers = []
+    for part in str(facts.get("version", "")).split(".")[:2]:
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return tuple(numbers)
+
+
+def _multifd_with_postcopy(source: dict[str, Any], target: dict[str, Any]) -> str | None:
+    """None when both QEMUs take multifd and postcopy-ram together; else why not."""
+    older = [side for side in (source, target) if _version(side["facts"]) < MULTIFD_WITH_POSTCOPY]
+    if not older:
+        return None
+    wanted = ".".join(map(str, MULTIFD_WITH_POSTCOPY))
+    return f"multifd and post-copy together need QEMU {wanted} on both hosts; {_qemu(older[0])}"
+
+
+def postcopy_companions(source: dict[str, Any], target: dict[str, Any],
+                        enabled: list[str]) -> tuple[list[str], list[str]]:
+    """The post-copy capabilities (source's, target's) that go with postcopy-ram where the QEMUs have them."""
+    if "postcopy-ram" not in enabled:
+        return [], []
+    have = supported(source, target)
+    both = [cap for cap in POSTCOPY_BOTH if cap in have[source["name"]] and cap in have[target["name"]]]
+    return both, both + [cap for cap in POSTCOPY_TARGET if cap in have[target["name"]]]
 
 
 def _method_policy(method: str, source: dict[str, Any], target: dict[str, Any],
@@ -405,9 +447,11 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
     live_chosen = chosen in ("live-shared", "live-mirror")
     announce = announce_plan(parsed, wishes)
     enabled, parameters = enabled_features(source, target, wishes, usable, unusable)
-    source_caps = sorted(set(REQUIRED_BOTH) | set(enabled)
+    postcopy_source, postcopy_target = postcopy_companions(source, target, enabled)
+    source_caps = sorted(set(REQUIRED_BOTH) | set(enabled) | set(postcopy_source)
                          | (set(REQUIRED_SOURCE_MIRROR) if chosen == "live-mirror" else set()))
-    target_caps = sorted(set(REQUIRED_BOTH) | {cap for cap in enabled if cap not in OPTIONAL_SOURCE})
+    target_caps = sorted(set(REQUIRED_BOTH) | {cap for cap in enabled if cap not in OPTIONAL_SOURCE}
+                         | set(postcopy_target))
     storage_action = {"live-shared": "shared", "live-mirror": "mirror", "stateful": "copy", "cold": "copy"}
     plan = {
         "vm": vm,
@@ -441,6 +485,8 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
         "target_address": target.get("address"),
         "state_files": {"source": state_file(vm, source), "target": state_file(vm, target)},
     }
+    plan["prediction"] = _forecast.forecast(request.get("measurements"), chosen, wishes, plan["capabilities"]["source"])
+    plan["convergence"] = plan["prediction"]["convergence"]
     plan["copies"] = copies(plan, request.get("source_storage") or {}, request.get("storage") or {})
     plan["disk_sizes"] = disk_sizes(plan, request.get("source_storage") or {})
     plan["receivers"] = receivers(plan)
@@ -453,6 +499,9 @@ def make_plan(request: dict[str, Any]) -> dict[str, Any]:
         elif plan["tls"]["problems"] and (chosen != "cold" or copies_something):
             plan["situation"] = refusal(vm, source["name"], target["name"], f"TLS is not ready: "
                                         f"{'; '.join(plan['tls']['problems'])}. To fix: {TLS_FIX}", show_plan=True)
+        elif plan["prediction"]["refusal"]:
+            plan["situation"] = refusal(vm, source["name"], target["name"], plan["prediction"]["refusal"],
+                                        show_plan=True)
     return plan
 
 
@@ -549,6 +598,7 @@ def summary(plan: dict[str, Any]) -> list[str]:
                                                           for key, value in plan["parameters"]["source"].items()))
         lines.append("  streams: " + ", ".join(f"{key} {value}" for key, value in plan["streams"].items() if value))
         lines.append(f"  transport: {transport_line(plan)}")
+        lines += [f"  {line}" for line in plan["prediction"]["lines"]]
     for method, verdict in plan["methods"].items():
         if method == plan["method"]:
             continue

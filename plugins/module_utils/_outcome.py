@@ -10,8 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
+from ansible_collections.livemig.qemu.plugins.module_utils._forecast import predicted_entry
+from ansible_collections.livemig.qemu.plugins.module_utils._predict import compare
 
 MIB = 1048576
+EPOCH_FLOOR = 1e9  # a sample time below this counts from the migration's start, not from the epoch
 # The registered results each family of methods hands over, by the name the role gives them.
 STEPS = {
     "live": ("migration", "resumed", "mirrors"),
@@ -127,7 +130,32 @@ def build_result(steps: dict[str, Any], plan: dict[str, Any], started: Any, fini
     return {**figures, "vm": plan["vm"], "source": plan["source"], "target": plan["target"],
             "method": plan["method"], "plan": plan["summary"], "started": _float(started), "finished": finished,
             "frozen_ms": frozen, "announce": announcement(plan, steps.get("announced")),
-            "guest_agent": guest_agent(steps.get("guest_ping"))}
+            "guest_agent": guest_agent(steps.get("guest_ping")),
+            "prediction": predicted_against_actual(plan, figures, frozen)}
+
+
+def predicted_against_actual(plan: dict[str, Any], figures: dict[str, Any], frozen: float | None
+                             ) -> dict[str, Any] | None:
+    """The prediction of the strategy the move used beside what happened: for a live move the time from the first
+    disk mirror sample (else the migration's start) to completion and QEMU's downtime, for a stateful one the
+    freeze; None when nothing was predicted."""
+    prediction = plan.get("prediction") or {}
+    if plan.get("family") == "stateful" and prediction.get("predicted"):
+        entry = {"strategy": "stateful", **prediction["figures"]["stateful"]}
+        actual = frozen / 1000 if frozen is not None else None
+        return {"strategy": "stateful", **compare(entry, actual, frozen)}
+    entry = predicted_entry(prediction)
+    if entry is None or plan.get("family") != "live":
+        return None
+    statistics = figures.get("statistics") or {}
+    completed, wall = statistics.get("completed_time"), statistics.get("wall_time_s")
+    mirror_starts = [sample["t"] for sample in figures.get("mirror_history") or []
+                     if isinstance(sample.get("t"), (int, float)) and sample["t"] >= EPOCH_FLOOR]
+    if completed is not None and mirror_starts:
+        actual = round(_float(completed) - min(mirror_starts), 3)
+    else:
+        actual = _float(wall) if wall is not None else None
+    return {"strategy": entry["strategy"], **compare(entry, actual, statistics.get("downtime_ms"))}
 
 
 def result_line(result: dict[str, Any]) -> str:

@@ -55,6 +55,7 @@ def migrate(task: Any, session: QMPSession) -> dict[str, Any]:
         convergence=params["convergence"], capabilities=params["capabilities"], parameters=params["parameters"],
         tls=tls, timeout=params["timeout"], stall_timeout=params["stall_timeout"],
         switchover_timeout=params["switchover_timeout"], progress_path=paths.progress,
+        recovery_uri=params["recovery_uri"], recovery_timeout=params["recovery_timeout"],
         before_point_of_no_return=lambda: mark_source(paths.record, paths.vm, migration_id, params["target_name"],
                                                       "switchover"))
     try:

@@ -68,7 +68,10 @@ options:
     type: bool
     default: true
   probe:
-    description: Start the throw-away QEMU. When false, only the VMs and host memory are reported.
+    description:
+      - Start the throw-away QEMU. When false, only the VMs and host memory are reported.
+      - With a run directory, its answers are kept there and reused until the binary changes (path, mtime, size),
+        the host reboots or C(/dev/kvm) changes.
     type: bool
     default: true
 requirements:
@@ -112,6 +115,8 @@ ansible_facts:
         - C(state_transports), how this QEMU can save and load a VM state file (C(exec), and C(file) from QEMU 8.2 on);
         - C(multifd_compressions), the multifd compression methods this QEMU was built with (C(none), C(zlib), C(zstd));
         - C(accelerators) (C(kvm.usable), C(kvm.reason), C(tcg.usable)) and C(auto_accel);
+        - C(probe_cached), true when these answers come from an earlier probe of the same binary (kept in
+          C(<run_dir>/.qemu-probe/) by the binary's path, mtime and size, the boot id and C(/dev/kvm));
         - C(memory) (C(total_mb), C(available_mb));
         - C(vms), a dict by VM name of C(running), C(status), C(migrate_status) (QEMU's migration status), C(owner),
           C(machine), C(accel), C(pid), C(migration) (the record's markers of the last move - C(id), C(role),

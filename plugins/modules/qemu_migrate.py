@@ -23,7 +23,14 @@ description:
     (a broken link, a dead QEMU on either side) cannot be rolled back: the guest's memory is split between the
     hosts, QEMU pauses both ends (C(postcopy-paused)) and the VM can only be recovered by resuming the post-copy
     (C(migrate-recover) on the target, C(migrate) with C(resume=true) here) once the link is back - never by
-    resuming the source. The module then fails with RV(phase=post-copy) and QEMU's status."
+    resuming the source. Without O(recovery_uri) the module then fails with RV(phase=post-copy) and QEMU's status."
+  - "With O(recovery_uri) it recovers a paused post-copy by itself: it sends C(migrate) with C(resume=true) to that
+    URI once a second until QEMU has left C(postcopy-paused) or O(recovery_timeout) has passed, and then follows the
+    post-copy to its end. A link that drops everything without an error (a pulled cable) would keep the post-copy
+    waiting for minutes: when no byte moves for 3 seconds in post-copy, it breaks the stream itself with
+    C(migrate-pause) and recovers it the same way. When the deadline passes it fails with RV(phase=post-copy), the
+    VM paused on the target, both QEMUs kept and the source never resumed; the message says what to run to retry.
+    With O(tls_dir) the recovery stream is TLS too."
   - On success this host's record stops owning the VM (it names the new owner); the stale source QEMU stays in
     C(postmigrate) for the caller to remove.
   - Use the job monitor, so other modules can still talk to the VM while this runs. Run it with Ansible C(async)
@@ -141,6 +148,20 @@ options:
         C(rolled-back)). A rollback trusts this record, not the target's state.
       - Generated when left out.
     type: str
+  recovery_uri:
+    description:
+      - Where the target listens to resume a paused post-copy,
+        RV(livemig.qemu.qemu_migrate_incoming#module:recovery_uri) of M(livemig.qemu.qemu_migrate_incoming); its watcher
+        (O(livemig.qemu.qemu_migrate_incoming#module:state=completed)) issues C(migrate-recover) there when the
+        post-copy pauses.
+      - Without it a paused post-copy fails at once (and a silent link after O(stall_timeout)).
+    type: str
+    version_added: 0.3.0
+  recovery_timeout:
+    description: Seconds a paused post-copy is tried to be resumed on O(recovery_uri) before the module fails.
+    type: float
+    default: 120
+    version_added: 0.3.0
 author:
   - livemig.qemu contributors (@livemig)
 """
@@ -181,6 +202,9 @@ statistics:
     - C(policy) (O(convergence)), C(policy_actions), a list of C({t, action, parameters, reason}) with C(action)
       one of C(set-parameters), C(start-postcopy), C(abort) (also the bandwidth share's C(max-bandwidth) changes);
     - C(postcopy_started) (QEMU entered post-copy), C(postcopy_time_ms) (post-copy start to completion);
+    - C(recoveries), one C({paused_at, resumed_at, attempts}) per paused post-copy that was resumed (seconds since
+      the start; the resume attempts sent); C(policy_actions) then also holds C(migrate-pause) (a silent link broken
+      on purpose), C(postcopy-paused) and C(postcopy-resumed) (version 0.3.0);
     - C(effective_timeout_s) and C(timeout_limit) (C(timeout option) or C(size-scaled));
     - C(downtime_limit_ms) and C(max_bandwidth), the last values set;
     - C(history), one sample per second with C(t), C(phase) (C(mirror-sync), C(pre-copy), C(switchover),
@@ -241,6 +265,8 @@ def main() -> None:
             switchover_timeout={"type": "float", "default": 60},
             target_ran={"type": "bool", "default": True},
             migration_id={"type": "str"},
+            recovery_uri={"type": "str"},
+            recovery_timeout={"type": "float", "default": 120},
             **CLIENT_OPTIONS,
         ),
         _source.run,

@@ -13,11 +13,17 @@ description:
   - V(listening) sets the migration capabilities and parameters that must match the source, then listens on
     O(address) and a port (O(port=0) picks a free one) and returns the URI the source must use. With O(tls_dir) the
     migration stream is TLS, and only the client O(tls_peer_dn) gets in (QEMU's C(tls-creds) and C(tls-authz)).
+    It also picks a second free port on O(address) where a paused post-copy is resumed, RV(recovery_uri), and keeps
+    it in this host's record of the VM.
   - V(completed) waits on the VM's job monitor until the migration has delivered the VM (or post-copy has begun).
     Then it records, durably in this host's record of the VM, that the VM runs here (the ran marker), drops the
     NBD exports and their connections, and lets the VM run; it returns the time QEMU resumed it. Start it (with
     Ansible C(async)) before the source's switchover to catch that moment. A VM that arrived while no watcher ran
     is let run the same way.
+  - In post-copy it goes on until all of the VM's memory has arrived. Each time the post-copy pauses (the stream
+    broke), it issues C(migrate-recover) on RV(recovery_uri), retried for O(recovery_timeout) while QEMU refuses, so
+    that the source (M(livemig.qemu.qemu_migrate) with
+    O(livemig.qemu.qemu_migrate#module:recovery_uri)) can resume it; the stream is TLS like the first one.
   - V(aborted) ends this host's QEMU of the move O(migration_id) unless the VM ran here, and says whether it did
     (RV(ran)). Without a ran marker a QEMU still waiting for the migration or paused by C(-S) never ran the guest;
     it is killed, and the marker is read again once it is gone. A VM that ran here is left alone; when its QEMU is
@@ -70,6 +76,13 @@ options:
     description: With O(state=completed), seconds to wait.
     type: float
     default: 3600
+  recovery_timeout:
+    description:
+      - With O(state=completed), seconds for which C(migrate-recover) is retried while QEMU refuses it, each time the
+        post-copy pauses (the recovery port still taken, the broken stream not yet torn down).
+    type: float
+    default: 120
+    version_added: 0.3.0
 author:
   - livemig.qemu contributors (@livemig)
 """
@@ -101,6 +114,15 @@ port:
   description: The port QEMU listens on.
   returned: when O(state=listening)
   type: int
+recovery_uri:
+  description:
+    - Where a paused post-copy is resumed (C(migrate-recover) on the target, C(migrate) with C(resume=true) on the
+      source); a free port on O(address) when this module listened, kept in this host's record of the VM. Null for a
+      listener started by an older version.
+  returned: when O(state=listening)
+  type: str
+  sample: tcp:192.0.2.12:49153
+  version_added: 0.3.0
 status:
   description: QEMU's run state (null when no QEMU of the VM runs here).
   returned: always
@@ -130,6 +152,18 @@ disk_allocated:
   returned: when O(state=completed)
   type: dict
   sample: {"root": 9502720}
+postcopy_blocktime_ms:
+  description: How long, in milliseconds, the vCPUs together were stopped waiting for pages during post-copy (QEMU's
+    C(postcopy-blocktime), with the capability C(postcopy-blocktime) on here); null when post-copy did not run.
+  returned: when O(state=completed)
+  type: int
+  version_added: 0.3.0
+postcopy_vcpu_blocktime_ms:
+  description: The same wait for each vCPU, in milliseconds; null when post-copy did not run.
+  returned: when O(state=completed)
+  type: list
+  elements: int
+  version_added: 0.3.0
 """
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _incoming
@@ -147,6 +181,7 @@ def main() -> None:
             capabilities={"type": "list", "elements": "str", "default": []},
             parameters={"type": "dict", "default": {}},
             timeout={"type": "float", "default": 3600},
+            recovery_timeout={"type": "float", "default": 120},
             **SERVER_OPTIONS,
         ),
         _incoming.run,

@@ -237,6 +237,29 @@ def ring_fill(seq: int) -> bytes:
     return struct.pack("<4Q", *words) * ((BLOCK - 32) // 32)
 
 
+def _xorshift64s(x: int) -> tuple[int, int]:
+    x ^= x >> 12
+    x ^= (x << 25) & _M64
+    x ^= x >> 27
+    return x, (x * 0x2545F4914F6CDD1D) & _M64
+
+
+def page_fill(pass_: int, index: int, fill: str = "words", size: int = BLOCK) -> bytes:
+    """The first `size` bytes of page `index` of the working set after page-check pass `pass_` (as workload.c
+    writes them with lm.fill=words or lm.fill=random)."""
+    value = ((pass_ << 32) ^ index ^ 0x5A00000000000000) & _M64
+    if fill == "words":
+        page = struct.pack("<Q", value) + bytes(BLOCK - 16) + struct.pack("<Q", value ^ _M64)
+        return page[:size]
+    _x, state = _splitmix64(value)
+    state = state or 1
+    words = []
+    for _word in range(-(-size // 8)):
+        state, w = _xorshift64s(state)
+        words.append(w)
+    return struct.pack(f"<{len(words)}Q", *words)[:size]
+
+
 def ring_block(seq: int, slot: int) -> bytes:
     fill = ring_fill(seq)
     return MAGIC + struct.pack("<3Q", seq, slot, _fnv1a64(fill)) + fill

@@ -15,11 +15,12 @@
  *   lm.hb_ms=10         heartbeat interval (ms)
  *   lm.disk=/dev/vda    ring device
  *   lm.ring_blocks=4096 ring size in 4 KiB blocks, starting at offset 0
+ *   lm.fill=words       page content: words (first and last word, the rest zeros) or random (all 4 KiB)
  *
  * Serial lines (one write() each):
  *   LMREADY <knobs>
  *   HB <seq> <guest_ms>
- *   PC <pass> OK | PCFAIL <pass> page=<i> want=<x> got=<y> | PCFAIL <pass> total=<n>
+ *   PC <pass> OK | PCFAIL <pass> page=<i> want=<x> got=<y>[ word=<k>] | PCFAIL <pass> total=<n>
  *   RING <seq> | RINGERR <reason>
  *
  * Ring block (little endian): "LMRING01", u64 seq, u64 slot, u64 FNV-1a-64 of
@@ -53,7 +54,8 @@
 static struct {
     long wss_mb, dirty_mbps, writes_ps, hb_ms, ring_blocks;
     char disk[128];
-} K = {64, 16, 20, 10, 4096, "/dev/vda"};
+    int random_fill;
+} K = {64, 16, 20, 10, 4096, "/dev/vda", 0};
 
 static int out_fd = -1;
 static pthread_mutex_t out_mu;
@@ -164,6 +166,10 @@ static int parse_knob(const char *tok)
         snprintf(K.disk, sizeof K.disk, "%s", tok + 8);
         return 1;
     }
+    if (strcmp(tok, "lm.fill=words") == 0 || strcmp(tok, "lm.fill=random") == 0) {
+        K.random_fill = tok[8] == 'r';
+        return 1;
+    }
     return 0;
 }
 
@@ -178,11 +184,12 @@ static void parse_knobs(int argc, char **argv)
         close(fd);
     }
     for (char *save, *tok = strtok_r(buf, " \t\n", &save); tok; tok = strtok_r(NULL, " \t\n", &save))
-        parse_knob(tok);
+        if (!parse_knob(tok) && strncmp(tok, "lm.fill=", 8) == 0) /* a typo must not pass as words mode */
+            say("PCFAIL 0 unknown %s (want lm.fill=words or lm.fill=random)", tok);
     for (int i = 1; i < argc; i++)
         if (!parse_knob(argv[i])) {
             fprintf(stderr, "lm-workload: unknown argument '%s' (want lm.key=value: lm.wss_mb, lm.dirty_mbps, "
-                            "lm.writes_ps, lm.hb_ms, lm.disk, lm.ring_blocks)\n", argv[i]);
+                            "lm.writes_ps, lm.hb_ms, lm.disk, lm.ring_blocks, lm.fill)\n", argv[i]);
             exit(2);
         }
     if (K.hb_ms < 1)
@@ -210,10 +217,75 @@ static void *heartbeat(void *arg)
     return NULL;
 }
 
-/* Page check: word 0 of page i holds v, the last word holds ~v. */
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* Words fill: word 0 of page i holds v, the last word holds ~v. */
 static uint64_t pc_value(uint64_t pass, uint64_t i)
 {
     return (pass << 32) ^ i ^ 0x5a00000000000000ULL;
+}
+
+/* Random fill: page i of a pass is 512 xorshift64* words from a state seeded by splitmix64 of pc_value. */
+static uint64_t rf_state(uint64_t pass, uint64_t i)
+{
+    uint64_t x = pc_value(pass, i), s = splitmix64(&x);
+    return s ? s : 1; /* xorshift's state must not be 0 */
+}
+
+static inline uint64_t xorshift64s(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+#define PAGE_WORDS (BLK / 8)
+
+static void pc_fill(uint64_t *page, uint64_t pass, size_t i)
+{
+    if (K.random_fill) {
+        uint64_t s = rf_state(pass, i);
+        for (size_t w = 0; w < PAGE_WORDS; w++)
+            page[w] = xorshift64s(&s);
+    } else {
+        uint64_t v = pc_value(pass, i);
+        page[0] = v;
+        page[PAGE_WORDS - 1] = ~v;
+    }
+}
+
+/* 1 if page i does not hold the fill of pass `want`; the first 4 bad pages of a report get a detail line. */
+static int pc_bad(const uint64_t *page, uint64_t want, size_t i, uint64_t report, size_t bad_so_far)
+{
+    if (K.random_fill) {
+        uint64_t s = rf_state(want, i);
+        for (size_t w = 0; w < PAGE_WORDS; w++) {
+            uint64_t v = xorshift64s(&s);
+            if (page[w] != v) {
+                if (bad_so_far < 4)
+                    say("PCFAIL %llu page=%zu want=%llx got=%llx word=%zu", (unsigned long long)report, i,
+                        (unsigned long long)v, (unsigned long long)page[w], w);
+                return 1;
+            }
+        }
+        return 0;
+    }
+    uint64_t v = pc_value(want, i), a = page[0], b = page[PAGE_WORDS - 1];
+    if (a == v && b == ~v)
+        return 0;
+    if (bad_so_far < 4)
+        say("PCFAIL %llu page=%zu want=%llx got=%llx/%llx", (unsigned long long)report, i,
+            (unsigned long long)v, (unsigned long long)a, (unsigned long long)~b);
+    return 1;
 }
 
 /* Allocated before LMREADY: populating it stalls a TCG guest for up to ~1 s. */
@@ -231,6 +303,19 @@ static void pagecheck_alloc(void)
     mlock(pc_mem, bytes); /* best effort */
 }
 
+static void pc_report(uint64_t pass, size_t bad)
+{
+    if (bad)
+        say("PCFAIL %llu total=%zu", (unsigned long long)pass, bad);
+    else
+        say("PC %llu OK", (unsigned long long)pass);
+}
+
+/*
+ * Each pass rewrites every page at pps pages/s, then verifies every page and reports that pass. In random
+ * mode verifying costs as much as writing, so while rewriting (pps > 0) each page is verified just before
+ * it is overwritten: the rate limiter paces both and "PC <n>" reports pass n at the end of pass n+1.
+ */
 static void *pagecheck(void *arg)
 {
     (void)arg;
@@ -238,15 +323,17 @@ static void *pagecheck(void *arg)
     uint64_t *mem = pc_mem;
     if (!mem)
         return NULL;
-    const size_t W = BLK / 8, chunk = 64;
+    const size_t chunk = 64;
     int64_t pps = K.dirty_mbps * 256; /* pages per second */
+    int check_before_write = K.random_fill && pps > 0;
     for (uint64_t pass = 1;; pass++) {
+        size_t bad = 0;
         if (pass == 1 || pps > 0) {
             int64_t t0 = now_ns();
             for (size_t i = 0; i < npages; i++) {
-                uint64_t v = pc_value(pass, i);
-                mem[i * W] = v;
-                mem[i * W + W - 1] = ~v;
+                if (check_before_write && pass > 1)
+                    bad += pc_bad(mem + i * PAGE_WORDS, pass - 1, i, pass - 1, bad);
+                pc_fill(mem + i * PAGE_WORDS, pass, i);
                 if (pps > 0 && (i + 1) % chunk == 0) {
                     int64_t due = t0 + (int64_t)(i + 1) * NS / pps, t = now_ns();
                     if (t - due > NS) /* far behind (e.g. VM paused): rebase */
@@ -258,31 +345,17 @@ static void *pagecheck(void *arg)
         } else {
             sleep_until(now_ns() + NS);
         }
-        uint64_t want_pass = pps > 0 ? pass : 1;
-        size_t bad = 0;
-        for (size_t i = 0; i < npages; i++) {
-            uint64_t v = pc_value(want_pass, i), a = mem[i * W], b = mem[i * W + W - 1];
-            if (a != v || b != ~v) {
-                if (bad < 4)
-                    say("PCFAIL %llu page=%zu want=%llx got=%llx/%llx", (unsigned long long)pass, i,
-                        (unsigned long long)v, (unsigned long long)a, (unsigned long long)~b);
-                bad++;
-            }
+        if (check_before_write) {
+            if (pass > 1)
+                pc_report(pass - 1, bad);
+            continue;
         }
-        if (bad)
-            say("PCFAIL %llu total=%zu", (unsigned long long)pass, bad);
-        else
-            say("PC %llu OK", (unsigned long long)pass);
+        uint64_t want_pass = pps > 0 ? pass : 1;
+        for (size_t i = 0; i < npages; i++)
+            bad += pc_bad(mem + i * PAGE_WORDS, want_pass, i, pass, bad);
+        pc_report(pass, bad);
     }
     return NULL;
-}
-
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
 }
 
 static void ring_block(uint8_t *b, uint64_t seq, uint64_t slot)
@@ -363,8 +436,9 @@ int main(int argc, char **argv)
         return 2;
     }
     pagecheck_alloc();
-    say("LMREADY wss_mb=%ld dirty_mbps=%ld writes_ps=%ld hb_ms=%ld disk=%s ring_blocks=%ld",
-        K.wss_mb, K.dirty_mbps, K.writes_ps, K.hb_ms, K.disk[0] ? K.disk : "-", K.ring_blocks);
+    say("LMREADY wss_mb=%ld dirty_mbps=%ld writes_ps=%ld hb_ms=%ld disk=%s ring_blocks=%ld fill=%s",
+        K.wss_mb, K.dirty_mbps, K.writes_ps, K.hb_ms, K.disk[0] ? K.disk : "-", K.ring_blocks,
+        K.random_fill ? "random" : "words");
     pthread_t th;
     pthread_create(&th, NULL, heartbeat, NULL);
     pthread_create(&th, NULL, pagecheck, NULL);

@@ -80,14 +80,17 @@ class Lab:
         self.host_vars: dict[str, dict] = {}
 
     def define_vm(self, name: str, workload: str = "light", disk_mb: int = 1024, memory_mb: int | None = None,
-                  machine: str = "q35", shared: bool = False, more_disks: tuple = (), **devices) -> str:
+                  machine: str = "q35", shared: bool = False, more_disks: tuple = (), fill: str = "words",
+                  **devices) -> str:
         """A VM of the tiny test guest; `more_disks` come after its root disk, `devices` are further spec keys
-        (nics, firmware, cdrom, rng, guest_agent)."""
+        (nics, firmware, cdrom, rng, guest_agent). `fill="random"` fills the working set with pseudo-random
+        bytes instead of two words a page (tests/guest/README.md, lm.fill)."""
         load = WORKLOADS[workload]
+        knobs = load["append"] + ("" if fill == "words" else f" lm.fill={fill}")  # a typo: the guest says PCFAIL 0
         self.vms[name] = {
             "memory_mb": memory_mb or load["memory_mb"], "vcpus": 1, "machine": machine, "cpu_model": "qemu64",
             "accel": "auto", "kernel": self.guest["kernel"], "initrd": self.guest["initrd"],
-            "append": f"console=ttyS0 quiet loglevel=0 {load['append']} lm.ring_blocks={RING_BLOCKS}",
+            "append": f"console=ttyS0 quiet loglevel=0 {knobs} lm.ring_blocks={RING_BLOCKS}",
             "disks": [{"name": "root", "size_mb": disk_mb, "format": "qcow2", "shared": shared}, *more_disks],
             **devices,
         }

@@ -7,7 +7,8 @@ import time
 
 from lab import RING_BLOCKS, Lab, guestcheck
 
-FIGURES = ("guest_visible_downtime_ms", "guest_disturbance_ms", "qemu_downtime_ms", "stop_to_resume_ms",
+FIGURES = ("guest_visible_downtime_ms", "guest_disturbance_ms", "disturbance_before_stop_ms",
+           "disturbance_after_resume_ms", "qemu_downtime_ms", "stop_to_resume_ms",
            "total_time_s", "migration_time_ms", "ram_bytes", "disk_bytes", "mirror_processed_bytes", "passes")
 BYTES = ("ram_bytes", "disk_bytes", "mirror_processed_bytes")
 
@@ -58,6 +59,29 @@ def switchover_timeline(stats: dict, resume: float | None) -> dict | None:
             "completed_to_resume": round((resumed - completed) * 1000, 1)}
 
 
+def move_checks(where: str, heartbeat: bool, summary: dict, disk: dict) -> dict[str, bool]:
+    """The correctness checks of one move, by name: every one must hold."""
+    return {f"heartbeats_continue_on_{where}": heartbeat,
+            "heartbeat_sequence_continuous": summary["hb_seq_errors"] == 0,
+            "no_page_check_failure": not summary["pagecheck_failures"],
+            "disk_ring_intact": disk["disk_ring_intact"],
+            "rest_of_disk_identical": disk["rest_of_disk_identical"]}
+
+
+def outside_switchover(lines: list, source: str, stop: float) -> tuple[float, float, float]:
+    """The largest heartbeat gaps (s) outside the switchover, over the whole play and both hosts: anywhere, before
+    the source stopped the guest (the preparation, the mirror, pre-copy), after the target resumed it (post-copy,
+    the hand-over). The switchover gap is the one from the source's last heartbeat before `stop` (the source's
+    STOP event, else the play's end) to the next heartbeat on any host."""
+    gaps = guestcheck.hb_gaps(lines)
+    source_beats = [line[0] for line in lines if line[1] == source and line[0] <= stop and line[2].startswith("HB ")]
+    last_before = max(source_beats, default=None)
+    others = [(start, gap) for start, _end, gap in gaps if last_before is None or abs(start - last_before) > 1e-9]
+    before = max((gap for start, gap in others if start < (last_before or stop)), default=0.0)
+    after = max((gap for start, gap in others if start > (last_before or stop)), default=0.0)
+    return max(before, after), before, after
+
+
 def first_pass_bytes(stats: dict) -> int | None:
     """RAM sent by the end of the first pass: about the guest's non-zero RAM (zero pages cost nearly nothing)."""
     for sample in stats.get("history", []):
@@ -73,10 +97,11 @@ def series(lab: Lab, name: str, workload: str, runs: int, link_bytes_per_s: floa
 
 
 def moves(lab: Lab, name: str, workload: str, plan: list[tuple[str, dict]],
-          link_bytes_per_s: float | None = None) -> list[tuple[str, dict]]:
+          link_bytes_per_s: float | None = None, between=None) -> list[tuple[str, dict]]:
     """Start one VM and move it between hv1 and hv2 once per (label, migrate variables) of `plan`; every move is
     measured and checked. Between moves the guest is paused for a moment on its host to check its disk, outside
-    every measured window."""
+    every measured window. `between(host)`, when given, runs before every move, outside its window too (the
+    benchmark moves another tool's VM there, with this one paused on `host`)."""
     lab.define_vm(name, workload)
     digest = lab.start(name, "hv1")
     tap = lab.tap(name)
@@ -86,6 +111,8 @@ def moves(lab: Lab, name: str, workload: str, plan: list[tuple[str, dict]],
     try:
         tap.wait_for(r"^PC \d+ OK", label=host, timeout=90)
         for label, extra_vars in plan:
+            if between:
+                between(host)
             target = other(host)
             began = time.monotonic()
             outcome = lab.migrate(name, host, target, **extra_vars)
@@ -100,7 +127,7 @@ def moves(lab: Lab, name: str, workload: str, plan: list[tuple[str, dict]],
             stats = report.get("statistics", {})
             live = report.get("method", "").startswith("live")
             stop = float(report["source_stop_time"]) - clock if report.get("source_stop_time") else ended
-            before_stop = [gap for start, end, gap in guestcheck.hb_gaps(lines, host) if end <= stop]
+            outside, before_stop, after_resume = outside_switchover(lines, host, stop)
             disk = check_disk_live(lab, name, where, digest, summary["last_ring_seq"])
             ram = first_pass_bytes(stats) if live else int(report.get("state_bytes") or 0) or None
             disk_bytes = int(report.get("disk_bytes") or 0) if completed else None
@@ -110,7 +137,9 @@ def moves(lab: Lab, name: str, workload: str, plan: list[tuple[str, dict]],
                 "method": report.get("method"),
                 "failure": None if completed else outcome.output[-600:],
                 "guest_visible_downtime_ms": round(summary["max_gap_s"] * 1000, 1),
-                "guest_disturbance_ms": round(max(before_stop, default=0) * 1000, 1),
+                "guest_disturbance_ms": round(outside * 1000, 1),
+                "disturbance_before_stop_ms": round(before_stop * 1000, 1),
+                "disturbance_after_resume_ms": round(after_resume * 1000, 1),
                 "qemu_downtime_ms": stats.get("downtime_ms") if live else None,
                 "stop_to_resume_ms": report.get("frozen_ms"),
                 "total_time_s": round(ended - began, 2),
@@ -127,13 +156,7 @@ def moves(lab: Lab, name: str, workload: str, plan: list[tuple[str, dict]],
                 "total_to_bound": round((ended - began) / bound, 1) if bound else None,
                 "migration_to_bound": round(stats["total_time_ms"] / 1000 / bound, 2)
                 if bound and live and stats.get("total_time_ms") else None,
-                "checks": {
-                    f"heartbeats_continue_on_{where}": heartbeat,
-                    "heartbeat_sequence_continuous": summary["hb_seq_errors"] == 0,
-                    "no_page_check_failure": not summary["pagecheck_failures"],
-                    "disk_ring_intact": disk["disk_ring_intact"],
-                    "rest_of_disk_identical": disk["rest_of_disk_identical"],
-                },
+                "checks": move_checks(where, heartbeat, summary, disk),
                 "ring_problems": disk["ring_problems"],
             }))
             host = where

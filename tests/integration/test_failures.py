@@ -59,8 +59,8 @@ def test_target_killed_during_disk_mirror(lab, vm):
 
         assert os.path.exists(image)
         killer = run_in_background(kill_target_once_mirroring)
-        # 4 MiB/s keeps the 1 GiB mirror busy long enough to be interrupted.
-        result = lab.migrate(name, "hv1", "hv2", livemig_max_bandwidth=4 * 1024 * 1024)
+        # 4 MiB/s keeps the 1 GiB mirror busy long enough to be interrupted (a move the prediction would refuse).
+        result = lab.migrate(name, "hv1", "hv2", livemig_max_bandwidth=4 * 1024 * 1024, livemig_predict=False)
         killer.join(5)
         assert_rolled_back(lab, tap, name, result, "disk mirror", since)
         assert "the mirror of disk-root failed" in result.output, result.output
@@ -82,8 +82,10 @@ def test_link_cut_during_ram_precopy(lab, vm):
                 restored.set()
 
             cutter = run_in_background(cut_link_during_precopy)
-            # 8 MiB/s against 16 MiB/s of dirtying: pre-copy runs until the link goes away.
-            result = lab.migrate(name, "hv1", "hv2", livemig_max_bandwidth=8 * 1024 * 1024, livemig_stall_timeout=4)
+            # 8 MiB/s against 16 MiB/s of dirtying: pre-copy runs until the link goes away (not predicted: the
+            # prediction would refuse this move).
+            result = lab.migrate(name, "hv1", "hv2", livemig_max_bandwidth=8 * 1024 * 1024, livemig_stall_timeout=4,
+                                 livemig_predict=False)
             cutter.join(30)
             assert restored.is_set()
             assert_rolled_back(lab, tap, name, result, "RAM pre-copy and switchover", since)

@@ -52,7 +52,7 @@ def test_a_target_that_drops_off_the_network_fails_the_move_in_bound_and_a_rerun
         cut: list[float] = []
         if phase == "disk mirror":  # 4 MiB/s keeps the 1 GiB mirror busy long enough to be cut
             cutter = cut_when(lambda: lab.qmp("hv1", name, "query-block-jobs"), "the disk mirror to start", cut)
-            extra = {"livemig_max_bandwidth": 4 * 1024 * 1024}
+            extra = {"livemig_max_bandwidth": 4 * 1024 * 1024, "livemig_predict": False}  # the prediction refuses it
         else:
             cutter = cut_when(lambda: precopy_running(lab, name), "RAM pre-copy to start", cut)
             extra = {}

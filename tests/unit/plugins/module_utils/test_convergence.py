@@ -92,9 +92,13 @@ def test_a_stalled_history_raises_the_downtime_then_aborts_with_the_rates():
 
 
 def test_a_stalled_history_switches_to_postcopy_when_allowed_and_then_stays_quiet():
+    """Pass 3 is as large as pass 2 (20 MiB, a second at the link rate, more than 300 ms): post-copy at once, on the
+    first sample of pass 4, instead of two downtime steps and three more passes."""
     policy = make_policy("auto", max_downtime_ms=300, postcopy=True)
     actions = replay(samples("stalled"), policy)
-    assert kinds(actions) == ["downtime", "downtime", "postcopy"]
+    assert kinds(actions) == ["postcopy"]
+    assert actions[0][0] == 6.001 and "pass 3 (20." in actions[0][1].reason
+    assert "is not clearly smaller than pass 2" in actions[0][1].reason
     assert policy.done and policy.observe({**samples("stalled")[-1], "t": 99.0}) == []
 
 
@@ -149,23 +153,69 @@ def test_the_first_pass_is_never_a_stall():
 
 
 @pytest.mark.parametrize("target", [50, 100, 150, 300, 1000, 2500])
-def test_the_downtime_limit_never_exceeds_the_target(target):
+@pytest.mark.parametrize("postcopy", [False, True])
+def test_the_downtime_limit_never_exceeds_the_target(target, postcopy):
     for points in (samples("stalled"), samples("oscillating"), stall()):
-        policy = make_policy("auto", max_downtime_ms=target, auto_converge=True, postcopy=True)
+        policy = make_policy("auto", max_downtime_ms=target, auto_converge=True, postcopy=postcopy)
         values = [policy.initial_parameters()["downtime-limit"]] + downtimes(replay(points, policy))
         assert values[0] == min(100, target)
         assert values == sorted(set(values)) and max(values) <= target
-    assert values[-1] == target  # the long synthetic stall reaches the target every time
+    if not postcopy:
+        assert values[-1] == target  # the long synthetic stall reaches the target every time
+    else:  # only when the last pass (40 MiB at 20 MiB/s) fits in it; post-copy otherwise
+        assert values[1:] == ([target] if target >= 2000 else [])
 
 
-def test_escalation_goes_downtime_then_throttle_then_postcopy():
-    policy = make_policy("auto", max_downtime_ms=500, auto_converge=True, postcopy=True)
+def test_escalation_goes_downtime_then_throttle_then_abort_without_postcopy():
+    policy = make_policy("auto", max_downtime_ms=500, auto_converge=True)
     actions = replay(stall(throttle=lambda t: 20 if t < 40 else 30), policy)
-    assert kinds(actions) == ["downtime"] * 3 + ["max-cpu-throttle", "increment", "increment", "postcopy"]
+    assert kinds(actions) == ["downtime"] * 3 + ["max-cpu-throttle", "increment", "increment", "abort"]
     assert downtimes(actions) == [200, 400, 500]
     increments = [action.parameters for unused_t, action in actions[4:6]]
     assert increments == [{"cpu-throttle-increment": 20}, {"cpu-throttle-increment": 40}]
     assert [t for t, unused_action in actions] == sorted(t for t, unused_action in actions)
+
+
+# -- post-copy allowed: judged early, never throttled ----------------------------------------------
+
+def test_with_postcopy_allowed_a_guest_dirtying_faster_than_the_link_goes_postcopy_after_pass_2():
+    """The same stall as above: no downtime steps, no throttle, post-copy on the first sample after pass 2."""
+    points = stall(throttle=lambda t: 20 if t < 40 else 30)
+    policy = make_policy("auto", max_downtime_ms=500, auto_converge=True, postcopy=True)
+    actions = replay(points, policy)
+    assert kinds(actions) == ["postcopy"]
+    pass_3 = next(point["t"] for point in points if point["passes"] == 3)
+    assert actions[0][0] == pass_3
+    assert actions[0][1].reason.startswith("after pass 2 the dirty rate 25.0 MiB/s >= link rate 20.0 MiB/s")
+
+
+def test_with_postcopy_allowed_the_downtime_goes_to_the_target_once_when_the_last_pass_fits_in_it():
+    """Pass 3 is no smaller than pass 2, but 40 MiB at 20 MiB/s fit in 2500 ms: the limit goes there at once; the
+    stall that follows (a larger limit changes nothing in a synthetic history) ends in post-copy, never in a
+    throttle."""
+    policy = make_policy("auto", max_downtime_ms=2500, auto_converge=True, postcopy=True)
+    actions = replay(stall(dirty=15 * MIB), policy)
+    assert kinds(actions) == ["downtime", "postcopy"]
+    assert actions[0][1].parameters == {"downtime-limit": 2500}
+    assert "is not clearly smaller than pass 2" in actions[0][1].reason
+    assert "the last pass (40.0 MiB at 20.0 MiB/s) fits in 2500 ms" in actions[0][1].reason
+
+
+def test_with_postcopy_allowed_a_converging_migration_is_left_alone():
+    """Passes 20 % smaller each time, the guest dirtying less than the link carries: nothing to do."""
+    converging = stall(size=60 * MIB, dirty=12 * MIB, shrink=0.8, seconds=40)
+    assert replay(converging, make_policy("auto", max_downtime_ms=300, auto_converge=True, postcopy=True)) == []
+
+
+def test_with_postcopy_allowed_a_late_stall_still_ends_in_postcopy_without_throttling():
+    """Passes that shrink at first (the early passes pass) and then stop shrinking: the usual stall rule, and then
+    post-copy rather than auto-converge."""
+    points = stall(size=40 * MIB, dirty=15 * MIB, shrink=0.8, seconds=12) + [
+        {**point, "t": point["t"] + 12, "passes": point["passes"] + 4}
+        for point in stall(size=16 * MIB, dirty=15 * MIB, seconds=60)[4:]]
+    actions = replay(points, make_policy("auto", max_downtime_ms=300, auto_converge=True, postcopy=True))
+    assert kinds(actions) == ["postcopy"]
+    assert actions[0][0] > 16 and "no pass below" in actions[0][1].reason
 
 
 def test_the_policy_waits_while_qemu_raises_the_throttle():

@@ -326,11 +326,58 @@ def test_qemu_refuses_multifd_with_postcopy_or_xbzrle_so_the_first_asked_wins():
                                      "xbzrle_cache_mb": 64}))
     caps = plan["capabilities"]
     assert caps["source"] == ["auto-converge", "events", "multifd", "pause-before-switchover"]
-    assert caps["unusable"]["postcopy-ram"] == "postcopy-ram left out: QEMU cannot combine it with multifd"
+    assert caps["unusable"]["postcopy-ram"] == ("postcopy-ram left out: QEMU cannot combine it with multifd "
+                                                "(multifd and post-copy together need QEMU 10.1 on both hosts; "
+                                                "QEMU 10.0.2 on hv1)")
     assert caps["unusable"]["xbzrle"] == "xbzrle left out: QEMU cannot combine it with multifd"
     plan = make_plan(request(wishes={"capabilities": ["postcopy-ram"], "xbzrle_cache_mb": 64}))
     assert plan["capabilities"]["source"] == ["events", "pause-before-switchover", "postcopy-ram", "xbzrle"]
     assert plan["parameters"] == {"source": {"xbzrle-cache-size": 64 << 20}, "target": {}}
+
+
+CAPS_POSTCOPY = [*CAPS_10, "postcopy-blocktime", "postcopy-preempt"]
+
+# Each row: id, source facts, target facts, wishes, the capabilities the source gets, the target's, and the reason
+# given for what was left out ({} when nothing was).
+POSTCOPY_CASES = [
+    ("preempt on both ends, blocktime on the target", facts("10.0.2", QEMU_10, caps=CAPS_POSTCOPY),
+     facts("10.0.2", QEMU_10, caps=CAPS_POSTCOPY), {"convergence": "postcopy-early"},
+     ["events", "pause-before-switchover", "postcopy-preempt", "postcopy-ram"],
+     ["events", "postcopy-blocktime", "postcopy-preempt", "postcopy-ram"], {}),
+    ("no preempt where one QEMU lacks it", facts("10.0.2", QEMU_10, caps=CAPS_POSTCOPY),
+     facts("10.0.2", QEMU_10, caps=[*CAPS_10, "postcopy-blocktime"]), {"allow_postcopy": True},
+     ["events", "pause-before-switchover", "postcopy-ram"], ["events", "postcopy-blocktime", "postcopy-ram"], {}),
+    ("neither without post-copy", facts("10.0.2", QEMU_10, caps=CAPS_POSTCOPY),
+     facts("10.0.2", QEMU_10, caps=CAPS_POSTCOPY), {"convergence": "auto"},
+     ["auto-converge", "events", "pause-before-switchover"], ["events"], {}),
+    ("multifd with post-copy on QEMU 10.1 at both ends", facts("10.1.0", QEMU_10), facts("10.1.0", QEMU_10),
+     {"convergence": "postcopy-early", "multifd_channels": 2},
+     ["events", "multifd", "pause-before-switchover", "postcopy-ram"], ["events", "multifd", "postcopy-ram"], {}),
+    ("multifd left out when one end is QEMU 10.0", facts("10.1.0", QEMU_10), facts("10.0.2", QEMU_10),
+     {"convergence": "postcopy-early", "multifd_channels": 2},
+     ["events", "pause-before-switchover", "postcopy-ram"], ["events", "postcopy-ram"],
+     {"multifd": "multifd left out: QEMU cannot combine it with postcopy-ram (multifd and post-copy together need "
+                 "QEMU 10.1 on both hosts; QEMU 10.0.2 on hv2)"}),
+    ("multifd left out with QEMU 7.2, which takes both but cannot run them", facts("7.2.0", QEMU_72),
+     facts("10.1.0", QEMU_10), {"allow_postcopy": True, "multifd_channels": 2},
+     ["events", "pause-before-switchover", "postcopy-ram"], ["events", "postcopy-ram"],
+     {"multifd": "multifd left out: QEMU cannot combine it with postcopy-ram (multifd and post-copy together need "
+                 "QEMU 10.1 on both hosts; QEMU 7.2.0 on hv1)"}),
+]
+
+
+@pytest.mark.parametrize("source_facts,target_facts,wishes,source_caps,target_caps,left_out",
+                         [case[1:] for case in POSTCOPY_CASES], ids=[case[0] for case in POSTCOPY_CASES])
+def test_postcopy_capabilities(source_facts, target_facts, wishes, source_caps, target_caps, left_out):
+    machine = "pc-q35-7.2" if source_facts["version"].startswith("7") else "pc-q35-10.0"
+    plan = make_plan(request(source_facts=source_facts, target_facts=target_facts, machine=machine, wishes=wishes))
+    caps = plan["capabilities"]
+    assert plan["method"] == "live-mirror"
+    assert (caps["source"], caps["target"]) == (source_caps, target_caps)
+    assert {key: caps["unusable"][key] for key in left_out} == left_out
+    assert "multifd" not in caps["unusable"] or left_out
+    if "multifd" in source_caps:
+        assert plan["parameters"]["source"] == plan["parameters"]["target"] == {"multifd-channels": 2}
 
 
 def test_stateful_and_cold_use_no_migration_parameters():

@@ -29,7 +29,7 @@ SENT = [{"bytes_allocated": 2 * MIB, "seconds": 1.5}, {"bytes_allocated": MIB, "
 STATEFUL = {"saved": SAVED, "loaded": LOADED, "restored": RESTORED, "copies": SENT}
 COLD = {"stopped_at": 10.0, "resumed_at": 13.75, "shutdown": {"stopped_by": "powerdown"}, "copies": COPIES}
 COMMON = {"vm": "web1", "source": "hv1", "target": "hv2", "plan": ["web1: hv1 -> hv2"], "started": 5.0,
-          "finished": 20.25, "announce": None, "guest_agent": None}
+          "finished": 20.25, "announce": None, "guest_agent": None, "prediction": None}
 
 # Each row: method, family, steps, the expected livemig_result, the expected line.
 CASES = [
@@ -107,3 +107,31 @@ def test_announcement_switched_off_and_a_silent_agent_are_told_too():
     assert "MACs not announced, guest agent did not answer" in result_line(result)
     cold = build_result(COLD, {**plan("cold", "cold"), "announce": ANNOUNCE}, 5.0, 20.25)
     assert cold["announce"]["enabled"] is False and cold["announce"]["rounds_on_resume"] == 0
+
+
+PREDICTION = {"predicted": True, "strategy": "precopy", "convergence": "auto",
+              "figures": {"precopy": {"total_s": 4.0, "freeze_ms": 150}, "postcopy": {"total_s": 6.0, "freeze_ms": 110},
+                          "stateful": {"total_s": 3.0, "freeze_ms": 3000}}}
+
+
+def test_the_report_puts_the_prediction_beside_what_happened():
+    """Live: from the first mirror sample to completion against the strategy used; stateful: the freeze."""
+    epoch = 1.7e9
+    steps = {**LIVE, "migration": {"statistics": {**STATISTICS, "completed_time": epoch + 5.0, "wall_time_s": 3.0}},
+             "mirrors": {"results": [{"history": [{"t": epoch + 1.0}, {"t": epoch + 2.0}]}]}}
+    live = build_result(steps, {**plan("live-mirror", "live"), "prediction": PREDICTION}, "5.0", 20.25)
+    assert live["prediction"] == {"strategy": "precopy", "predicted_total_s": 4.0, "actual_total_s": 4.0,
+                                  "error_percent": 0.0, "predicted_freeze_ms": 150, "actual_downtime_ms": 12,
+                                  "downtime_error_percent": 1150.0}
+    postcopy = build_result(steps, {**plan("live-mirror", "live"),
+                                    "prediction": {**PREDICTION, "convergence": "postcopy-early"}}, "5.0", 20.25)
+    assert postcopy["prediction"]["strategy"] == "postcopy" and postcopy["prediction"]["error_percent"] == 50.0
+    no_mirror = build_result({**steps, "mirrors": {"results": []}},
+                             {**plan("live-shared", "live"), "prediction": PREDICTION}, "5.0", 20.25)
+    assert no_mirror["prediction"]["actual_total_s"] == 3.0, "without a mirror, QEMU's own migration time"
+    stateful = build_result(STATEFUL, {**plan("stateful", "stateful"), "prediction": PREDICTION}, "5.0", 20.25)
+    assert stateful["prediction"]["strategy"] == "stateful"
+    assert stateful["prediction"]["actual_total_s"] == 2.125 and stateful["prediction"]["error_percent"] == 41.2
+    unpredicted = build_result(steps, {**plan("live-mirror", "live"),
+                                       "prediction": {"predicted": False}}, "5.0", 20.25)
+    assert unpredicted["prediction"] is None

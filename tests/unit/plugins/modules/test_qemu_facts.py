@@ -81,3 +81,29 @@ def test_the_host_dict_needs_its_run_dir(tmp_path):
     result = conftest.run_module("qemu_facts", tmp_path, probe=False, host={"image_dir": str(tmp_path)})
     assert result["failed"] is True
     assert result["msg"] == "missing required arguments: run_dir found in host"
+
+
+def test_probe_answers_are_kept_per_binary_until_it_changes(tmp_path):
+    """The first play probes the real QEMU; the next ones reuse its answers; a changed binary is probed again."""
+    run_dir = tmp_path / "run"
+    binary = tmp_path / "bin" / "qemu-system-x86_64"
+    binary.parent.mkdir()
+    binary.symlink_to(conftest.QEMU)
+    args = {"run_dir": str(run_dir), "image_dir": str(tmp_path), "qemu_binary": str(binary), "check_kvm": False}
+    first = conftest.run_module("qemu_facts", tmp_path, **args)["ansible_facts"]["livemig_qemu"]
+    second = conftest.run_module("qemu_facts", tmp_path, **args)["ansible_facts"]["livemig_qemu"]
+    assert (first["probe_cached"], second["probe_cached"]) == (False, True)
+    assert second["version"] == first["version"] and second["machines"] == first["machines"]
+    entries = list((run_dir / ".qemu-probe").iterdir())
+    assert len(entries) == 1 and oct(entries[0].stat().st_mode & 0o777) == "0o600"
+    assert conftest.run_module("qemu_facts", tmp_path, probe=False, run_dir=str(run_dir))["ansible_facts"][
+        "livemig_qemu"]["vms"] == {}, "the cache directory is no VM"
+
+    wrapper = tmp_path / "bin" / "qemu-wrapper"  # another binary at the same path: a QEMU upgrade
+    wrapper.write_text(f"#!/bin/sh\nexec {conftest.QEMU} \"$@\"\n")
+    wrapper.chmod(0o755)
+    binary.unlink()
+    wrapper.rename(binary)
+    third = conftest.run_module("qemu_facts", tmp_path, **args)["ansible_facts"]["livemig_qemu"]
+    assert third["probe_cached"] is False and third["version"] == first["version"]
+    assert len(list((run_dir / ".qemu-probe").iterdir())) == 2
