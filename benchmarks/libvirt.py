@@ -101,7 +101,7 @@ class Events:
 
     def stop(self) -> list[tuple[float, str, str]]:
         self.process.terminate()
-        output, _ = self.process.communicate(timeout=10)
+        output = self.process.communicate(timeout=10)[0]
         offset = time.time() - time.monotonic()
         found = []
         for line in output.splitlines():
@@ -185,11 +185,11 @@ class LibvirtVM:
                    uri(target)]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            output, _ = process.communicate(timeout=timeout_s + GRACE_S)
+            output = process.communicate(timeout=timeout_s + GRACE_S)[0]
         except subprocess.TimeoutExpired:
             # SIGINT to virsh may be ignored: abort the job on the source (DESIGN.md section 10).
             virsh(source, "domjobabort", self.name, check=False)
-            output, _ = process.communicate(timeout=GRACE_S)
+            output = process.communicate(timeout=GRACE_S)[0]
             output += f"\naborted with domjobabort after {timeout_s + GRACE_S} s"
         return subprocess.CompletedProcess(command, process.returncode, output)
 

@@ -89,6 +89,7 @@ def test_check_mode_changes_nothing(lab, running_vm):
     result = lab.play("migrate", check=True, livemig_vm=running_vm, livemig_source="hv1", livemig_target="hv2")
     assert not result.failed, result.output
     assert "Check mode: would move" in result.output and "by live-mirror" in result.output
+    assert "auto picks pre-copy" in result.output, "check mode prints the prediction"
     assert result.changed == 0, result.output
     assert lab.files(running_vm) == before
     assert lab.pid("hv2", running_vm) is None
