@@ -29,6 +29,7 @@ from ansible_collections.livemig.qemu.plugins.module_utils._linktest import Link
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPSession
 from ansible_collections.livemig.qemu.plugins.module_utils._state import process_alive
+from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import wait_exit
 
 LOOPBACK = "127.0.0.1"
 WRONG_TOKEN = "0" * 64
@@ -45,13 +46,6 @@ def listen(tmp_path, timeout: float = 20, **tls) -> dict:
     return started
 
 
-def wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while process_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def closed_at_once(port: int, first_bytes: bytes) -> bool:
@@ -85,7 +79,7 @@ def test_the_sender_measures_the_loopback_link_and_the_listener_then_exits(tmp_p
     assert measured["link_bytes"] == measured["link_sender_bytes"] > 0
     assert measured["link_rate"] == pytest.approx(measured["link_bytes"] / measured["link_seconds"], rel=1e-3)
     assert 0.4 < measured["link_sender_seconds"] < 5
-    assert wait_gone(listener["pid"], 5), "the one-shot listener still runs after its sender"
+    assert wait_exit(listener["pid"], 5), "the one-shot listener still runs after its sender"
 
 
 def test_a_wrong_token_is_refused_at_once_and_the_real_sender_still_measured(tmp_path, cleanup):
@@ -105,7 +99,7 @@ def test_the_listener_binds_only_its_address_and_exits_by_its_deadline(tmp_path,
     cleanup.append(listener["pid"])
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.2", listener["port"]), timeout=2).close()
-    assert wait_gone(listener["pid"], 4), "the listener outlived its timeout"
+    assert wait_exit(listener["pid"], 4), "the listener outlived its timeout"
     with pytest.raises(LinkTestError, match="cannot connect"):
         measure_link(LOOPBACK, listener["port"], listener["token"], 0.2, None)
 
@@ -191,7 +185,7 @@ def test_over_tls_only_the_peer_is_measured(tmp_path, tls, cleanup):
         measure_link(LOOPBACK, port, token, 0.2, client(tls["hv2"], "hv9"))
     measured = measure_link(LOOPBACK, port, token, 0.3, client(tls["hv2"], "hv1"))
     assert measured["link_rate"] > 0 and measured["link_refused"] == 4, measured
-    assert wait_gone(listener["pid"], 5)
+    assert wait_exit(listener["pid"], 5)
 
 
 def test_the_admitted_subject_is_compared_in_the_certificates_order(tmp_path, tls, cleanup):
