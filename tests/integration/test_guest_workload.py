@@ -6,23 +6,44 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 import zlib
 
-import conftest
 import pytest
+from conftest import REPO_ROOT, guestcheck
 
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPSession
 
-sys.path.insert(0, os.path.join(conftest.REPO, "tests", "guest"))
-import guestcheck  # noqa: E402  pylint: disable=wrong-import-position
-
-GUEST_DIR = os.path.join(conftest.REPO, "tests", "guest")
+GUEST_DIR = os.path.join(REPO_ROOT, "tests", "guest")
 WSS_MB = 16
 PAGES = (WSS_MB << 20) // guestcheck.BLOCK
 MEMORY_MB = 128
 KNOBS = f"lm.wss_mb={WSS_MB} lm.dirty_mbps=8 lm.writes_ps=0"
+
+
+@pytest.fixture
+def qemu(tmp_path):
+    """Start QEMU under TCG on this machine (no lab host) with a QMP socket; the test's processes end with it."""
+    started = []
+
+    def start(*extra: str):
+        qmp = str(tmp_path / f"qmp{len(started)}.sock")
+        process = subprocess.Popen(["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
+                                    "-accel", "tcg", "-qmp", f"unix:{qmp},server=on,wait=off", *extra],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        started.append(process)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(qmp):
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "QEMU did not create its QMP socket"
+            time.sleep(0.01)
+        return qmp
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +70,7 @@ def working_set(dump: bytes, fill: str, first_pass: int) -> dict[int, tuple[int,
                                          pytest.param("words", (0.0, 0.02), id="words")])
 def test_the_working_set_in_guest_ram_is_random_only_with_random_fill(qemu, tmp_path, tiny_guest, fill, ratio):
     serial = str(tmp_path / "serial.sock")
-    vm = qemu("vm1", "-machine", "q35", "-cpu", "qemu64", "-m", str(MEMORY_MB), "-smp", "1",
+    qmp = qemu("-machine", "q35", "-cpu", "qemu64", "-m", str(MEMORY_MB), "-smp", "1",
               "-kernel", tiny_guest["kernel"], "-initrd", tiny_guest["initrd"],
               "-append", f"console=ttyS0 quiet loglevel=0 {KNOBS} lm.fill={fill}",
               "-chardev", f"socket,id=s0,path={serial},server=on,wait=off", "-serial", "chardev:s0")
@@ -57,7 +78,7 @@ def test_the_working_set_in_guest_ram_is_random_only_with_random_fill(qemu, tmp_
         ready = tap.wait_for(r"^LMREADY ", timeout=30)
         # Random fill reports pass n once pass n+1 has checked every page before overwriting it.
         first_ok = tap.wait_for(r"^PC \d+ OK$", timeout=15)
-        with QMPSession(vm.qmp) as session:
+        with QMPSession(qmp) as session:
             session.execute("stop")
             session.execute("pmemsave", {"val": 0, "size": MEMORY_MB << 20, "filename": str(tmp_path / "ram")})
         lines = tap.snapshot()
