@@ -9,11 +9,11 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.livemig.qemu.plugins.module_utils._outcome import OutcomeError, build_result, result_line
 
 
-def migration_result(steps, plan, started, finished):
+def migration_result(steps, plan, started, finished, play_started=None):
     if not isinstance(steps, dict) or not isinstance(plan, dict):
         raise AnsibleFilterError("migration_result expects the move's registered steps and the plan (dicts)")
     try:
-        return build_result(steps, plan, started, finished)
+        return build_result(steps, plan, started, finished, play_started)
     except OutcomeError as exc:
         raise AnsibleFilterError(f"migration_result: {exc}") from None
     except (KeyError, TypeError, AttributeError) as exc:

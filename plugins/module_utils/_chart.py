@@ -1,6 +1,6 @@
 # Copyright: livemig.qemu contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The migration report: its file name, and a chart of what was left to copy over time.
+"""The migration report: its file name, and a chart of where the time went and what was left to copy.
 
 Private to the livemig.qemu collection. Runs on the controller (the action plugin
 qemu_migration_report). `chart_data()` is pure; `render_png()` draws with
@@ -10,17 +10,17 @@ ChartUnavailable.
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _files
+from ansible_collections.livemig.qemu.plugins.module_utils._chartphases import (
+    Band, Clock, number, phases, samples, statistics)
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._vmspec import SpecError, check_vm_name
 
 MIB = 1 << 20
 REPORT_MODE = 0o644  # reports are for people on the controller, like any file a playbook writes there
-EPOCH_FLOOR = 1e9  # a time below this (2001) is seconds since the migration started, not an epoch time
 
 
 class ReportError(LivemigError, ValueError):
@@ -31,25 +31,24 @@ class ChartUnavailable(LivemigError):
     """matplotlib cannot be imported on this controller."""
 
 
+@dataclass(frozen=True)
+class PredictedEnd:
+    """Where the prediction said the migration would end, and the words for it."""
+    t: float
+    label: str
+
+
 @dataclass
 class ChartData:
-    """What the chart shows; times are seconds since the move started, sizes MiB."""
+    """What the chart shows; times are seconds since the play (else the move) started, sizes MiB, rates MiB/s."""
     title: str
     ram: list[tuple[float, float]] = field(default_factory=list)
     disk: list[tuple[float, float]] = field(default_factory=list)
-    switchover: tuple[float, float] | None = None
-    postcopy: float | None = None
-
-
-def number(value: Any) -> float | None:
-    """A finite float from an int, float or numeric string; None for anything else (bools, '', None)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        return None
-    return result if math.isfinite(result) else None
+    link_rate: list[tuple[float, float]] = field(default_factory=list)
+    dirty_rate: list[tuple[float, float]] = field(default_factory=list)
+    phases: list[Band] = field(default_factory=list)
+    prediction: PredictedEnd | None = None
+    since_play: bool = False  # the zero is the play's start, not the move's
 
 
 def report_basename(result: dict[str, Any]) -> str:
@@ -64,42 +63,48 @@ def report_basename(result: dict[str, Any]) -> str:
     return f"{vm}-{int(finished)}"
 
 
-def _statistics(result: dict[str, Any]) -> dict[str, Any]:
-    statistics = result.get("statistics")
-    return statistics if isinstance(statistics, dict) else {}
-
-
-def _samples(value: Any) -> list[dict[str, Any]]:
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
-
-
-def _clock(result: dict[str, Any]) -> tuple[float, float]:
-    """(started, migration start): the chart's zero, and the epoch time that relative sample times count from."""
-    statistics = _statistics(result)
-    epochs = [t for t in (number(item.get("t")) for item in
-                          _samples(statistics.get("history")) + _samples(statistics.get("mirror_history")))
-              if t is not None and t >= EPOCH_FLOOR]
-    started = number(result.get("started"))
-    if started is None:
-        started = min(epochs) if epochs else 0.0
-    completed, wall = number(statistics.get("completed_time")), number(statistics.get("wall_time_s"))
-    migration_start = completed - wall if completed is not None and wall is not None else started
-    return started, migration_start
-
-
-def _since(t: float, started: float, migration_start: float) -> float:
-    """Seconds since the move started, for an epoch time or one relative to the migration start."""
-    return round(t - started if t >= EPOCH_FLOOR else migration_start + t - started, 3)
-
-
-def _series(samples: list[dict[str, Any]], key: str, started: float, migration_start: float
-            ) -> list[tuple[float, float]]:
+def _series(items: list[dict[str, Any]], key: str, clock: Clock) -> list[tuple[float, float]]:
     points = []
-    for item in samples:
+    for item in items:
         t, value = number(item.get("t")), number(item.get(key))
         if t is not None and value is not None:
-            points.append((_since(t, started, migration_start), value / MIB))
+            points.append((clock.at(t), value / MIB))
     return sorted(points)
+
+
+def _ram_figures(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The history samples that hold QEMU's RAM figures (a mirror-sync sample has none)."""
+    return [item for item in samples(statistics(result).get("history"))
+            if number(item.get("t")) is not None and number(item.get("transferred")) is not None]
+
+
+def link_rates(result: dict[str, Any], clock: Clock) -> list[tuple[float, float]]:
+    """RAM sent per second between one sample and the next (MiB/s, at the later one); QEMU's mbps where no
+    earlier sample is there to count from."""
+    points = []
+    previous = None
+    for item in sorted(_ram_figures(result), key=lambda item: number(item["t"])):
+        t, sent = number(item["t"]), number(item["transferred"])
+        if previous is not None and t > previous[0]:
+            points.append((clock.at(t), max(sent - previous[1], 0.0) / (t - previous[0]) / MIB))
+        elif number(item.get("mbps")) is not None:
+            points.append((clock.at(t), number(item["mbps"]) * 1e6 / 8 / MIB))
+        previous = (t, sent)
+    return points
+
+
+def _prediction(result: dict[str, Any], clock: Clock) -> PredictedEnd | None:
+    """The end of the migration as predicted: the time the actual one was measured from plus the predicted time."""
+    prediction = result.get("prediction")
+    if not isinstance(prediction, dict):
+        return None
+    start, total = clock.epoch(prediction.get("measured_from")), number(prediction.get("predicted_total_s"))
+    if start is None or total is None:
+        return None
+    error = number(prediction.get("error_percent"))
+    error_text = f", {error:+g} % off" if error is not None else ""
+    return PredictedEnd(round(start + total, 3),
+                        f"predicted end ({prediction.get('strategy', '?')}, {total:g} s{error_text})")
 
 
 def _title(result: dict[str, Any]) -> str:
@@ -110,26 +115,20 @@ def _title(result: dict[str, Any]) -> str:
 
 
 def chart_data(result: dict[str, Any]) -> ChartData:
-    """Remaining RAM and disk over time, the switchover band and the post-copy start, from the role's result."""
-    statistics = _statistics(result)
-    started, migration_start = _clock(result)
-    history = _samples(statistics.get("history"))
-    data = ChartData(
+    """Remaining RAM and disk, the link and dirty rates, the phases and the predicted end, from the role's result."""
+    clock = Clock.of(result)
+    history = samples(statistics(result).get("history"))
+    return ChartData(
         title=_title(result),
-        ram=_series(history, "remaining", started, migration_start),
-        disk=sorted(_series(_samples(statistics.get("mirror_history")), "disk_remaining", started, migration_start)
-                    + _series(history, "disk_remaining", started, migration_start)),
+        ram=_series(history, "remaining", clock),
+        disk=sorted(_series(samples(statistics(result).get("mirror_history")), "disk_remaining", clock)
+                    + _series(history, "disk_remaining", clock)),
+        link_rate=link_rates(result, clock),
+        dirty_rate=_series(_ram_figures(result), "dirty_rate", clock),
+        phases=phases(result, clock),
+        prediction=_prediction(result, clock),
+        since_play=clock.zero < clock.move_started,
     )
-    stop = number(result.get("source_stop_time"))
-    resume = number(result.get("target_resume_time"))
-    if stop is not None and resume is not None:
-        data.switchover = (round(min(stop, resume) - started, 3), round(max(stop, resume) - started, 3))
-    if statistics.get("postcopy_started"):
-        times = [t for t in (number(item.get("t")) for item in history if item.get("phase") == "post-copy")
-                 if t is not None]
-        if times:
-            data.postcopy = _since(min(times), started, migration_start)
-    return data
 
 
 def _matplotlib() -> tuple[Any, Any]:
@@ -141,33 +140,77 @@ def _matplotlib() -> tuple[Any, Any]:
     return Figure, FigureCanvasAgg
 
 
+# Each phase's colour; the pre-copy passes alternate between two shades of it.
+PHASE_COLOURS = {"plan": "tab:gray", "target start": "tab:olive", "disk mirror": "tab:cyan", "pre-copy": "tab:green",
+                 "switchover": "tab:red", "post-copy": "tab:purple", "hand-over": "tab:brown"}
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+def _phase_label(phase: str, bands: list[Band]) -> str:
+    took = _duration(sum(band.end - band.start for band in bands))
+    if phase != "pre-copy":
+        return f"{phase} ({took})"
+    return f"{phase}, {len(bands)} {'pass' if len(bands) == 1 else 'passes'} ({took})"
+
+
+def _draw_phases(axes: Any, bands: list[Band]) -> None:
+    """One band per phase (a legend entry each, with the time it took), the pre-copy passes named on the band."""
+    drawn: list[str] = []
+    for band in bands:
+        same = [other for other in bands if other.phase == band.phase]
+        label = _phase_label(band.phase, same) if band.phase not in drawn else None
+        shade = 0.12 if drawn.count(band.phase) % 2 else 0.25  # next passes alternate, to tell them apart
+        drawn.append(band.phase)
+        axes.axvspan(band.start, band.end, color=PHASE_COLOURS[band.phase], alpha=shade,
+                     linewidth=0, label=label)
+        if band.label:
+            axes.text((band.start + band.end) / 2, 0.98, band.label, rotation=90, ha="center", va="top",
+                      fontsize="x-small", transform=axes.get_xaxis_transform())
+
+
+def _draw_rates(axes: Any, data: ChartData) -> list[Any]:
+    """The link and dirty rates on a second y axis, when the result has them; that axis' legend handles."""
+    if not (data.link_rate or data.dirty_rate):
+        return []
+    rates = axes.twinx()
+    if data.link_rate:
+        rates.plot(*zip(*data.link_rate), color="navy", linestyle=":", label="link rate (RAM sent)")
+    if data.dirty_rate:
+        rates.plot(*zip(*data.dirty_rate), color="darkred", linestyle=":", label="dirty rate")
+    rates.set_ylabel("MiB/s")
+    rates.set_ylim(bottom=0)
+    return rates.get_legend_handles_labels()[0]
+
+
 def render_png(data: ChartData, path: str) -> None:
     """Draw the chart into `path` (replaced atomically) with matplotlib's Agg canvas."""
     figure_class, canvas_class = _matplotlib()
-    figure = figure_class(figsize=(10, 5), dpi=100, layout="constrained")
+    figure = figure_class(figsize=(13, 5.5), dpi=100, layout="constrained")
     canvas_class(figure)
     axes = figure.add_subplot()
+    _draw_phases(axes, data.phases)
     if data.ram:
-        axes.plot(*zip(*data.ram), marker=".", label="RAM remaining")
+        axes.plot(*zip(*data.ram), marker=".", markersize=3, color="tab:blue", label="RAM remaining")
     if data.disk:
-        axes.plot(*zip(*data.disk), marker=".", label="disk remaining")
-    if data.switchover is not None:
-        start, end = data.switchover
-        axes.axvspan(start, end, color="tab:red", alpha=0.3, linewidth=1,
-                     label=f"switchover, source stop to target resume ({(end - start) * 1000:.0f} ms)")
-    if data.postcopy is not None:
-        axes.axvline(data.postcopy, color="tab:purple", linestyle="--", label="post-copy starts")
+        axes.plot(*zip(*data.disk), marker=".", markersize=3, color="tab:orange", label="disk remaining")
+    if data.prediction is not None:
+        axes.axvline(data.prediction.t, color="black", linestyle="--", label=data.prediction.label)
     if not (data.ram or data.disk):
         axes.text(0.5, 0.5, "no progress samples", transform=axes.transAxes, ha="center", va="center")
+    rate_handles = _draw_rates(axes, data)
     axes.set_title(data.title)
-    axes.set_xlabel("seconds since the move started")
+    axes.set_xlabel(f"seconds since the {'play' if data.since_play else 'move'} started")
     axes.set_ylabel("MiB left to copy")
     axes.set_ylim(bottom=0)
     if min((point[0] for point in data.ram + data.disk), default=0) >= 0:
         axes.set_xlim(left=0)
     axes.grid(True, alpha=0.3)
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(loc="best")
+    handles = axes.get_legend_handles_labels()[0] + rate_handles
+    if handles:
+        axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.06, 1), fontsize="small")
     image = io.BytesIO()
     figure.savefig(image, format="png")
     _files.atomic_write(path, image.getvalue(), mode=REPORT_MODE, durable=False)

@@ -3,8 +3,10 @@
 """The convergence policy of pre-copy: what to do when a migration does not converge.
 
 Private to the livemig.qemu collection. Pure logic, no I/O: the source state
-machine feeds it one progress sample per second (the dicts `_migration.sample()`
-records from query-migrate) and applies the actions it returns. On a stall it
+machine feeds it every progress sample (ten a second; the dicts `_progress.sample()`
+makes from query-migrate) and applies the actions it returns. It judges by the samples'
+times and the passes, never by how many samples came, so the sample rate does not
+change its time scales. On a stall it
 escalates in a fixed order, each step only as far as the user allowed:
 raise the downtime limit towards the target, let auto-converge throttle the
 guest harder, switch to post-copy, and finally abort with the measured rates.

@@ -21,7 +21,7 @@ from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError,
 from ansible_collections.livemig.qemu.plugins.module_utils._state import load_record, mark_ran, ran_here, updating
 
 RECOVER_RETRY = 1.0  # seconds between two migrate-recover attempts
-from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import kill_qemu, running_pid, vm_status
+from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import kill_qemu, running_pid
 
 
 def run(task: Any) -> dict[str, Any]:
@@ -177,6 +177,12 @@ def recover(paths: VMPaths, session: QMPSession, timeout: float) -> None:
             time.sleep(RECOVER_RETRY)
 
 
+def _statuses(paths: VMPaths, timeout: float) -> tuple[str | None, str | None]:
+    """(run state, incoming migration status) of this host's QEMU."""
+    with QMPSession(paths.qmp, connect_timeout=timeout) as session:
+        return session.execute("query-status")["status"], session.execute("query-migrate").get("status")
+
+
 def aborted(task: Any) -> dict[str, Any]:
     """End this host's target QEMU of the move unless the VM ran here; say whether it did.
 
@@ -187,8 +193,8 @@ def aborted(task: Any) -> dict[str, Any]:
     paths, migration_id = task.paths, task.params["migration_id"]
     record = load_record(paths.record, paths.vm)
     pid = running_pid(paths)
-    status = vm_status(paths, task.params["connect_timeout"]) if pid else None
-    result = {"changed": False, "status": status, "running": pid is not None}
+    status, migrate_status = _statuses(paths, task.params["connect_timeout"]) if pid else (None, None)
+    result = {"changed": False, "status": status, "migrate_status": migrate_status, "running": pid is not None}
     if record is not None and record.migration.get("id") not in (None, migration_id) and not record.owner:
         return {**result, "ran": None, "msg": f"the VM's record here belongs to another move "
                                               f"({record.migration.get('id')}): left alone"}
@@ -198,7 +204,7 @@ def aborted(task: Any) -> dict[str, Any]:
         if task.check_mode:
             return {**result, "changed": True, "ran": False}
         kill_qemu(pid)
-        result.update(changed=True, killed=True, running=False, status=None)
+        result.update(changed=True, killed=True, running=False, status=None, migrate_status=None)
         record = load_record(paths.record, paths.vm)
     if not ran_here(record, migration_id):
         return {**result, "ran": False}

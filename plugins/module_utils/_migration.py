@@ -46,8 +46,10 @@ MANAGED_PARAMETERS = {"max-bandwidth": "max_bandwidth", "downtime-limit": "downt
                       **_tlsqemu.MANAGED_PARAMETERS}
 SHARE_FLOOR = 0.10  # RAM keeps at least this part of a bandwidth cap the disk mirrors share
 SHARE_STEP = 0.10  # max-bandwidth changes only when the share moves by more than this
+SHARE_WINDOW = 1.0  # seconds over which the mirrors' rate is measured for the share
+HISTORY_POINTS = 1200  # samples kept in the statistics; beyond, the older ones are thinned out
 RECOVERY_RETRY = 1.0  # seconds between two attempts to resume a paused post-copy
-RECOVERED = ("postcopy-recover", "postcopy-active", "completed")  # a paused post-copy has left postcopy-paused
+RECOVERED = ("postcopy-active", "completed")  # a paused post-copy runs again (postcopy-recover is still on the way)
 
 
 class Phase(enum.Enum):
@@ -92,7 +94,7 @@ class MigrationSettings:
     timeout: float = 3600.0  # the caller's limit; a smaller one scaled to the VM's size may apply
     stall_timeout: float = 60.0
     switchover_timeout: float = 60.0
-    sample_interval: float = 1.0
+    sample_interval: float = 0.1  # 10 Hz while RAM moves: a sub-second migration still draws a curve
     progress_path: str | None = None
     policy_overrides: dict[str, Any] = field(default_factory=dict)  # ConvergenceSettings fields (tests, tuning)
     timeout_base_s: float = 60.0  # the size-scaled limit: base + size / rate
@@ -137,6 +139,7 @@ class SourceMigration:
         self.recoveries: list[dict[str, Any]] = []  # each paused post-copy: {paused_at, resumed_at, attempts}
         self._paused_seconds = 0.0  # spent resuming paused post-copies: the time limit grows by it
         self._stall_mark = 0.0  # the stall check counts from here (the end of the last recovery)
+        self._moved: tuple[int, float] | None = None  # (bytes transferred, when that figure was first seen)
 
     # -- the sequence ------------------------------------------------------------------------------
 
@@ -270,7 +273,7 @@ class SourceMigration:
     def _timeout_message(self) -> str:
         return f"not complete after {time.monotonic() - self._started:.1f}s, the limit set by {self._timeout_text}"
 
-    # -- once a second -----------------------------------------------------------------------------
+    # -- every sample_interval ---------------------------------------------------------------------
 
     def _observe(self, now: float) -> None:
         """Sample, record, share the bandwidth, ask the policy; fail on a stall."""
@@ -289,10 +292,13 @@ class SourceMigration:
             self._share_bandwidth(point, jobs)
             for action in self.policy.observe(point):
                 self._apply(point["t"], action)
-        self._check_stall(now, point["status"])
+        self._check_stall(now, point)
 
     def _record(self, point: dict[str, Any]) -> None:
         self.history.append(point)
+        if len(self.history) > HISTORY_POINTS:  # a long move: every other older sample goes, the latest stay
+            recent = HISTORY_POINTS // 4
+            self.history[:-recent] = self.history[:-recent:2]
         self._latest = point
         self._write_progress(point)
 
@@ -302,8 +308,11 @@ class SourceMigration:
         if not cap or not self.settings.mirrored_nodes:
             return
         offset = sum(job.get("offset", 0) for job in jobs.values())
-        previous, self._mirror_mark = self._mirror_mark, (point["t"], offset)
-        if previous is None or point["t"] <= previous[0]:
+        previous = self._mirror_mark
+        if previous is not None and point["t"] - previous[0] < SHARE_WINDOW:
+            return
+        self._mirror_mark = (point["t"], offset)
+        if previous is None:
             return
         rate = max(offset - previous[1], 0) / (point["t"] - previous[0])
         wanted = shared_bandwidth(cap, rate)
@@ -327,17 +336,20 @@ class SourceMigration:
             self.actions.append({"t": t, "action": "abort", "reason": action.message})
             raise MigrationFailed(self.phase, action.message, True)
 
-    def _check_stall(self, now: float, status: str) -> None:
+    def _check_stall(self, now: float, point: dict[str, Any]) -> None:
         """Fail when no RAM moves for stall_timeout seconds: a dead link never errors by itself. In a post-copy that
-        can be recovered, pause it after postcopy_stall_seconds instead: the recovery takes it from there."""
-        moved = [point for point in self.history if point["transferred"] is not None]
-        if not moved:
+        can be recovered, pause it after postcopy_stall_seconds instead: the recovery takes it from there.
+
+        Not once every page has been sent: QEMU is then completing, a pause fails the migration instead of pausing
+        it (and QEMU 10.0 restarts the source), while TCP delivers the rest by itself once the link is back."""
+        transferred = point["transferred"]
+        if transferred is None:
             return
-        latest = moved[-1]["transferred"]
-        since = next((point["t"] for point in moved if point["transferred"] == latest), moved[-1]["t"])
-        still = now - self._started - max(since, self._stall_mark)
-        if self.settings.recovery_uri and status == "postcopy-active":
-            if still >= self.settings.postcopy_stall_seconds:
+        if self._moved is None or transferred != self._moved[0]:
+            self._moved = (transferred, point["t"])
+        still = now - self._started - max(self._moved[1], self._stall_mark)
+        if self.settings.recovery_uri and point["status"] == "postcopy-active":
+            if still >= self.settings.postcopy_stall_seconds and point["remaining"] != 0:
                 self.actions.append({"t": round(now - self._started, 3), "action": "migrate-pause",
                                      "reason": f"no data moved for {still:.1f}s in post-copy: the link is taken for "
                                                "dead, the stream is broken on purpose to be resumed"})
@@ -492,19 +504,39 @@ class SourceMigration:
         if self.phase is Phase.POST_COPY or status in POSTCOPY or (self._postcopy_requested and status == "device"):
             # The target runs the guest and pulls the rest of its memory from here: nothing may be undone.
             self.phase = Phase.POST_COPY
+            if status not in POSTCOPY:
+                held = self._hold_source()
+                return MigrationFailed(Phase.POST_COPY, f"{cause}; {held}; the post-copy cannot be resumed (QEMU "
+                                       "ended it here)", run_state(self.session) == "running",
+                                       self._statistics_safely())
             state = run_state(self.session)  # finish-migrate for as long as the post-copy is paused
             return MigrationFailed(Phase.POST_COPY, f"{cause}; QEMU reports the migration {status} and the source "
                                    f"VM {state}; {POSTCOPY_RECOVERY}", state == "running", self._statistics_safely())
         if self.phase.target_may_run:
-            # The device state may have reached the target: never resume here, report what QEMU did.
-            # QEMU restarts a source whose migration failed late.
-            running = settled_state(self.session) == "running"
-            return MigrationFailed(self.phase, cause, running, self._statistics_safely())
+            # The device state may have reached the target: never resume here; the target's real state decides.
+            held = self._hold_source()
+            return MigrationFailed(self.phase, f"{cause}; {held}", run_state(self.session) == "running",
+                                   self._statistics_safely())
         notes = undo((("cancel migration", lambda: cancel(self.session)),
                       ("abort mirrors", lambda: abort_mirrors(self.session, self.settings.mirrored_nodes)),
                       ("resume source", lambda: self._was_running and resume_if_paused(self.session))))
         return MigrationFailed(phase, with_notes(cause, notes), run_state(self.session) == "running",
                                self._statistics_safely())
+
+    def _hold_source(self) -> str:
+        """QEMU restarts a source whose migration failed after the device state left; the target may run the VM
+        by then. Pause it again at once: two running copies would diverge, and only the target's state can say
+        which copy is the VM."""
+        settled = settled_state(self.session)
+        if settled != "running":
+            return f"the source VM is {settled or 'gone'} and stays so"
+        try:
+            self.session.execute("stop")
+        except QMPError as exc:
+            return f"QEMU restarted the source VM by itself and it could not be paused again: {exc}"
+        self.actions.append({"t": round(time.monotonic() - self._started, 3), "action": "stop-source",
+                             "reason": "QEMU restarted the source after the device state may have reached the target"})
+        return "QEMU restarted the source VM by itself; it was paused again at once and is not resumed here"
 
     # -- reporting ---------------------------------------------------------------------------------
 

@@ -116,8 +116,10 @@ def guest_agent(ping: Any) -> dict[str, Any] | None:
     return {"answered": bool(ping.get("answered")), "answer_ms": ping.get("answer_ms"), "msg": ping.get("msg")}
 
 
-def build_result(steps: dict[str, Any], plan: dict[str, Any], started: Any, finished: Any) -> dict[str, Any]:
-    """livemig_result: the method's figures, then who moved where, the plan, the times and the guest's freeze."""
+def build_result(steps: dict[str, Any], plan: dict[str, Any], started: Any, finished: Any,
+                 play_started: Any = None) -> dict[str, Any]:
+    """livemig_result: the method's figures, then who moved where, the plan, the times (the play's start, when
+    given, the move's start and its end, epoch seconds) and the guest's freeze."""
     family = plan.get("family")
     if family not in FIGURES:
         raise OutcomeError(f"no figures for method {plan.get('method')!r}")
@@ -129,6 +131,7 @@ def build_result(steps: dict[str, Any], plan: dict[str, Any], started: Any, fini
     frozen = round((_float(resume) - _float(stop)) * 1000, 1) if stop and resume else None
     return {**figures, "vm": plan["vm"], "source": plan["source"], "target": plan["target"],
             "method": plan["method"], "plan": plan["summary"], "started": _float(started), "finished": finished,
+            "play_started": _float(play_started) if play_started is not None else None,
             "frozen_ms": frozen, "announce": announcement(plan, steps.get("announced")),
             "guest_agent": guest_agent(steps.get("guest_ping")),
             "prediction": predicted_against_actual(plan, figures, frozen)}
@@ -138,12 +141,13 @@ def predicted_against_actual(plan: dict[str, Any], figures: dict[str, Any], froz
                              ) -> dict[str, Any] | None:
     """The prediction of the strategy the move used beside what happened: for a live move the time from the first
     disk mirror sample (else the migration's start) to completion and QEMU's downtime, for a stateful one the
-    freeze; None when nothing was predicted."""
+    freeze; `measured_from` is the epoch time both count from. None when nothing was predicted."""
     prediction = plan.get("prediction") or {}
     if plan.get("family") == "stateful" and prediction.get("predicted"):
         entry = {"strategy": "stateful", **prediction["figures"]["stateful"]}
         actual = frozen / 1000 if frozen is not None else None
-        return {"strategy": "stateful", **compare(entry, actual, frozen)}
+        return {"strategy": "stateful", **compare(entry, actual, frozen),
+                "measured_from": figures.get("source_stop_time")}
     entry = predicted_entry(prediction)
     if entry is None or plan.get("family") != "live":
         return None
@@ -152,10 +156,14 @@ def predicted_against_actual(plan: dict[str, Any], figures: dict[str, Any], froz
     mirror_starts = [sample["t"] for sample in figures.get("mirror_history") or []
                      if isinstance(sample.get("t"), (int, float)) and sample["t"] >= EPOCH_FLOOR]
     if completed is not None and mirror_starts:
-        actual = round(_float(completed) - min(mirror_starts), 3)
+        actual, measured_from = round(_float(completed) - min(mirror_starts), 3), min(mirror_starts)
+    elif wall is not None:
+        actual = _float(wall)
+        measured_from = round(_float(completed) - actual, 3) if completed is not None else None
     else:
-        actual = _float(wall) if wall is not None else None
-    return {"strategy": entry["strategy"], **compare(entry, actual, statistics.get("downtime_ms"))}
+        actual, measured_from = None, None
+    return {"strategy": entry["strategy"], **compare(entry, actual, statistics.get("downtime_ms")),
+            "measured_from": measured_from}
 
 
 def result_line(result: dict[str, Any]) -> str:

@@ -2,9 +2,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A migration's progress file: the sample format, writing it, reading it, and the line a person reads.
 
-Private to the livemig.qemu collection. qemu_migrate writes the latest sample every second to
-`<run_dir>/<name>/progress.json`, replacing the file atomically; qemu_migrate_progress reads it without talking to
-QEMU, so it never competes with the migration for a monitor.
+Private to the livemig.qemu collection. qemu_migrate writes the latest sample, ten times a second, to
+`<run_dir>/<name>/progress.json`, replacing the file atomically (it holds that one sample and the last few actions,
+so it stays small); qemu_migrate_progress reads it without talking to QEMU, so it never competes with the migration
+for a monitor.
 """
 from __future__ import annotations
 

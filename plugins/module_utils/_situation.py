@@ -142,7 +142,14 @@ def after_failure(result: dict[str, Any], plan: dict[str, Any], source_facts: di
     on_source = ((source_facts or {}).get("vms") or {}).get(vm) or {}
     ran = _answer(target_report)
     post_copy = failed.get("phase") == "post-copy" or on_source.get("migrate_status") in POSTCOPY
-    if post_copy:
+    ended = post_copy and on_source.get("migrate_status") not in POSTCOPY  # the source's QEMU gave up the post-copy
+    if ended and ran and (target_report or {}).get("migrate_status") == "completed":
+        outcome = "target"  # every page had reached the target before the source gave up
+    elif ended and ran is False:
+        outcome = "source"  # it gave up before the target loaded the device state: the target was ended
+    elif ended:
+        outcome = "post-copy-ended"
+    elif post_copy:
         outcome = "post-copy"
     elif ran:
         outcome = "target"
@@ -177,6 +184,12 @@ def _tail(outcome: str, vm: str, source: str, target: str, target_report: Any) -
         return (f"The VM runs on {target} in post-copy and still needs memory held by {source}: stop neither QEMU; "
                 f"once the migration link works again, resume the post-copy (migrate-recover on {target}, migrate "
                 f"with resume=true on {source}; see livemig.qemu.qemu_migrate).")
+    if outcome == "post-copy-ended":
+        return (f"{source}'s QEMU ended the post-copy, which cannot be resumed now; both QEMUs are kept and neither "
+                f"is resumed. If {target}'s query-migrate says completed, the VM is whole there: run the migrate "
+                f"playbook again to finish the hand-over. Otherwise {target} lacks memory only {source} holds: end "
+                f"the VM's QEMU on {target} (livemig.qemu.qemu_vm state=absent there) and resume it on {source} "
+                f"(livemig.qemu.qemu_qmp command=cont), whose RAM and disks are those of the switchover.")
     if outcome == "unknown":
         return (f"{target} did not answer after {source} may have let the VM run there, so {source} keeps its copy "
                 f"paused and will not resume it. Once {target} answers, run the migrate playbook again: it finishes "

@@ -14,10 +14,12 @@ description:
     disk mirror gracefully (the target then holds a consistent copy), lets the last RAM and device state go and
     waits until QEMU reports the migration completed. All of this happens inside this one process, reacting to
     events, so no Ansible task boundary adds to the downtime. A mirror that is not READY yet is waited for.
-  - Once a second it samples the migration and the disk mirrors, applies the convergence policy O(convergence)
+  - Ten times a second it samples the migration and the disk mirrors, applies the convergence policy O(convergence)
     and rewrites the progress file C(<run_dir>/<name>/progress.json) with the latest sample (see RV(progress_file)).
   - Before the switchover, any failure cancels the migration and the mirrors and leaves the VM running here.
-    Once the device state may have reached the target, the source is never resumed; the failure says so.
+    Once the device state may have reached the target, the source is never resumed; the failure says so. QEMU
+    itself restarts a source whose migration failed, even then; the module pauses it again at once, so that two
+    copies never run side by side, and the target's real state decides which copy is the VM.
   - "Post-copy (with C(postcopy-ram) in O(capabilities), and on the target) starts the VM on the target before all
     of its memory has arrived; the target then fetches the remaining pages from here. A failure during post-copy
     (a broken link, a dead QEMU on either side) cannot be rolled back: the guest's memory is split between the
@@ -28,7 +30,8 @@ description:
     URI once a second until QEMU has left C(postcopy-paused) or O(recovery_timeout) has passed, and then follows the
     post-copy to its end. A link that drops everything without an error (a pulled cable) would keep the post-copy
     waiting for minutes: when no byte moves for 3 seconds in post-copy, it breaks the stream itself with
-    C(migrate-pause) and recovers it the same way. When the deadline passes it fails with RV(phase=post-copy), the
+    C(migrate-pause) and recovers it the same way - but not once every page has been sent (QEMU is completing then,
+    a pause would fail the migration; TCP delivers the rest once the link is back). When the deadline passes it fails with RV(phase=post-copy), the
     VM paused on the target, both QEMUs kept and the source never resumed; the message says what to run to retry.
     With O(tls_dir) the recovery stream is TLS too."
   - On success this host's record stops owning the VM (it names the new owner); the stale source QEMU stays in
@@ -207,7 +210,7 @@ statistics:
       on purpose), C(postcopy-paused) and C(postcopy-resumed) (version 0.3.0);
     - C(effective_timeout_s) and C(timeout_limit) (C(timeout option) or C(size-scaled));
     - C(downtime_limit_ms) and C(max_bandwidth), the last values set;
-    - C(history), one sample per second with C(t), C(phase) (C(mirror-sync), C(pre-copy), C(switchover),
+    - C(history), ten samples a second with C(t), C(phase) (C(mirror-sync), C(pre-copy), C(switchover),
       C(post-copy)), C(status), C(remaining), C(total), C(transferred) (bytes), C(mbps), C(dirty_rate) (bytes/s),
       C(passes), C(throttle) (percent), C(expected_downtime), C(downtime_limit_ms), C(disk_remaining) and
       C(disk_total) (bytes, of the disk mirrors);

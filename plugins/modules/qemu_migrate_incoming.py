@@ -127,6 +127,12 @@ status:
   description: QEMU's run state (null when no QEMU of the VM runs here).
   returned: always
   type: str
+migrate_status:
+  description:
+    - The incoming migration's status in QEMU's C(query-migrate) (for example C(completed), or C(postcopy-paused)
+      while a post-copy waits for memory the source still holds); null when no QEMU of the VM runs here.
+  returned: when O(state=aborted)
+  type: str
 ran:
   description: Whether the VM ran on this host in this move (null when this host's record belongs to another move).
   returned: when O(state=aborted)

@@ -11,10 +11,12 @@ description:
   - Runs on the controller (it is an action plugin), whatever host the task is for.
   - Writes the result of a move (the C(livemig_result) of the role C(livemig.qemu.live_migration)) as pretty JSON
     to C(<dest_dir>/<vm>-<finished>.json), where C(<finished>) is the whole epoch second the move finished.
-  - With O(chart=true), also draws C(<dest_dir>/<vm>-<finished>.png) - RAM and disk left to copy (MiB) over the
-    seconds since the move started, the switchover (source stop to target resume) as a band, the start of
-    post-copy when there was one, and a title naming the VM, both hosts, the method and how long the guest was
-    frozen.
+  - With O(chart=true), also draws C(<dest_dir>/<vm>-<finished>.png), where the time went - over the seconds since
+    the play started (else the move), each phase as a band with its duration (plan, target start, disk mirror, the
+    pre-copy passes, switchover from source stop to target resume, post-copy, hand-over), RAM and disk left to
+    copy (MiB), the link rate (RAM sent per second) and the guest's dirty rate (MiB/s) on a second axis, a dashed
+    line where the prediction put the migration's end, and a title naming the VM, both hosts, the method and how
+    long the guest was frozen.
   - The chart needs matplotlib on the controller. Without it the JSON is still written and the task warns
     instead of failing.
   - Files are replaced atomically; O(dest_dir) is created when missing.
@@ -29,12 +31,15 @@ options:
   result:
     description:
       - The migration result. It must have C(vm) and C(finished) (epoch seconds); the chart also uses C(source),
-        C(target), C(method), C(started), C(source_stop_time), C(target_resume_time) (epoch seconds),
-        C(frozen_ms) and C(statistics).
+        C(target), C(method), C(play_started), C(started), C(source_stop_time), C(target_resume_time) (epoch
+        seconds), C(frozen_ms), C(prediction) (C(predicted_total_s) counted from C(measured_from), epoch seconds)
+        and C(statistics).
       - C(statistics.history) is a list of progress samples as M(livemig.qemu.qemu_migrate_progress) returns them,
-        each with C(t), C(remaining) (RAM bytes), C(disk_remaining) (bytes) and C(phase).
-        C(statistics.mirror_history), a list of C(t), C(disk_remaining) and C(disk_total), covers the disk mirror
-        before the RAM migration. C(statistics.postcopy_started) marks a move that went to post-copy.
+        each with C(t), C(phase), C(passes), C(remaining) and C(transferred) (RAM bytes), C(mbps), C(dirty_rate)
+        (bytes/s) and C(disk_remaining) (bytes). C(statistics.mirror_history), a list of C(t), C(disk_remaining)
+        and C(disk_total), covers the disk mirror before the RAM migration. C(statistics.completed_time) and
+        C(statistics.wall_time_s) place the RAM migration; C(statistics.postcopy_started) and
+        C(statistics.postcopy_time_ms) its post-copy.
       - A sample time C(t) is epoch seconds; a small one (before 2001) counts from the migration's start.
     type: dict
     required: true

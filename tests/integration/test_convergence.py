@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from conftest import (REPO_ROOT, SMALL_DISK_MB, finish_and_check_disk, guestcheck, last_ring, link, migrate_and_check,
@@ -33,6 +34,45 @@ def test_heavy_workload_on_a_1gbit_link_goes_by_post_copy_from_the_start_when_al
     assert report["prediction"]["actual_total_s"] > 0 and report["prediction"]["predicted_total_s"] > 0
     assert not any("cpu-throttle" in json.dumps(action) for action in stats["policy_actions"]), \
         "post-copy came before any throttling"
+
+
+def test_a_post_copy_whose_migration_link_is_cut_for_5s_is_recovered_and_completes(lab, vm):
+    """The migration link goes down for 5 s during post-copy (management stays up): the source pauses the silent
+    post-copy, the target listens again once the broken stream reaches it, the source resumes it, and the guest,
+    which ran on the target all along, passes its checks there."""
+    name = vm("heavy", disk_mb=SMALL_DISK_MB)
+    digest = lab.start(name, "hv1")
+    cut = {}
+
+    def cut_in_post_copy():
+        try:
+            wait_until(lambda: lab.qmp("hv1", name, "query-migrate").get("status") == "postcopy-active", 300,
+                       "post-copy to start", interval=0.05)
+            time.sleep(1.0)
+            link("hv2", "down")
+            cut["at"] = time.monotonic()
+            time.sleep(5.0)
+        except Exception as exc:  # pylint: disable=broad-except
+            cut["problem"] = exc
+        finally:
+            link("hv2", "up")
+
+    link("hv2", "limit", "200mbit")
+    cutter = threading.Thread(target=cut_in_post_copy)
+    cutter.start()
+    try:
+        report = move_and_verify(lab, name, digest, "hv1", "hv2", livemig_allow_postcopy=True)
+    finally:
+        cutter.join(360)
+        link("hv2", "up")
+        link("hv2", "unlimit")
+    assert "at" in cut and "problem" not in cut, cut
+    stats = report["statistics"]
+    assert stats["postcopy_started"] and stats["status"] == "completed", stats["policy_actions"]
+    assert len(stats["recoveries"]) >= 1, stats["policy_actions"]
+    first = stats["recoveries"][0]
+    assert first["resumed_at"] - first["paused_at"] >= 1.0 and first["attempts"] >= 1, first
+    assert "stop-source" not in json.dumps(stats["policy_actions"]), "the source never ran again"
 
 
 def test_the_runtime_policy_switches_to_post_copy_when_pre_copy_stalls(lab, vm):

@@ -71,9 +71,9 @@ def working_set(dump: bytes, fill: str, first_pass: int) -> dict[int, tuple[int,
 def test_the_working_set_in_guest_ram_is_random_only_with_random_fill(qemu, tmp_path, tiny_guest, fill, ratio):
     serial = str(tmp_path / "serial.sock")
     qmp = qemu("-machine", "q35", "-cpu", "qemu64", "-m", str(MEMORY_MB), "-smp", "1",
-              "-kernel", tiny_guest["kernel"], "-initrd", tiny_guest["initrd"],
-              "-append", f"console=ttyS0 quiet loglevel=0 {KNOBS} lm.fill={fill}",
-              "-chardev", f"socket,id=s0,path={serial},server=on,wait=off", "-serial", "chardev:s0")
+               "-kernel", tiny_guest["kernel"], "-initrd", tiny_guest["initrd"],
+               "-append", f"console=ttyS0 quiet loglevel=0 {KNOBS} lm.fill={fill}",
+               "-chardev", f"socket,id=s0,path={serial},server=on,wait=off", "-serial", "chardev:s0")
     with guestcheck.SerialTap([("vm1", serial)]) as tap:
         ready = tap.wait_for(r"^LMREADY ", timeout=30)
         # Random fill reports pass n once pass n+1 has checked every page before overwriting it.

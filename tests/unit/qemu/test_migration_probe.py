@@ -46,8 +46,6 @@ def listen(tmp_path, timeout: float = 20, **tls) -> dict:
     return started
 
 
-
-
 def closed_at_once(port: int, first_bytes: bytes) -> bool:
     """A client that sends `first_bytes` and waits: the listener closes the connection (EOF) well before its
     deadline."""

@@ -47,15 +47,16 @@ def kinds(actions):
 
 
 def stall(seconds=120, pass_s=2.0, size=40 * MIB, link=20 * MIB, dirty=25 * MIB, throttle=lambda t: 0,
-          noise=0.0, shrink=1.0, seed=1):
-    """A synthetic history, one point a second: a 3 s bulk pass, then passes of pass_s seconds that each start at
-    `size` (times `shrink` per pass) and drain at the link rate; values jittered by +-noise."""
+          noise=0.0, shrink=1.0, seed=1, step=1.0):
+    """A synthetic history, one point every `step` seconds: a bulk pass until 4 s, then passes of pass_s seconds
+    that each start at `size` (times `shrink` per pass) and drain at the link rate; values jittered by +-noise."""
     jitter = random.Random(seed)
     points, sent = [], 0
-    for second in range(1, seconds + 1):
+    for tick in range(1, round(seconds / step) + 1):
+        second = round(tick * step, 3)
         wobble = 1 + jitter.uniform(-noise, noise)
-        sent += link * wobble
-        if second <= 3:
+        sent += link * wobble * step
+        if second < 4:
             passes, remaining, rate = 1, 128 * MIB - sent, 0
         else:
             done = int((second - 4) // pass_s)
@@ -174,6 +175,29 @@ def test_escalation_goes_downtime_then_throttle_then_abort_without_postcopy():
     increments = [action.parameters for unused_t, action in actions[4:6]]
     assert increments == [{"cpu-throttle-increment": 20}, {"cpu-throttle-increment": 40}]
     assert [t for t, unused_action in actions] == sorted(t for t, unused_action in actions)
+
+
+TIME_SCALES = {
+    "downtime, throttle, abort": ({"throttle": lambda t: 20 if t < 40 else 30},
+                                  {"max_downtime_ms": 500, "auto_converge": True}),
+    "post-copy after pass 2": ({}, {"max_downtime_ms": 500, "auto_converge": True, "postcopy": True}),
+    "downtime to the target, then post-copy": ({"dirty": 15 * MIB}, {"max_downtime_ms": 2500, "postcopy": True}),
+    "a throttle at the ceiling": ({"throttle": lambda t: min(99, 20 + max(0, t - 10) * 4)},
+                                  {"max_downtime_ms": 100, "auto_converge": True}),
+    "passes a little smaller": ({"shrink": 0.97, "dirty": 15 * MIB}, {"max_downtime_ms": 300}),
+    "the rate rule": ({"dirty": 30 * MIB, "shrink": 0.85}, {"max_downtime_ms": 100}),
+    "settling": ({"seconds": 60}, {"max_downtime_ms": 100000}),
+}
+
+
+@pytest.mark.parametrize("history, settings", TIME_SCALES.values(), ids=TIME_SCALES.keys())
+def test_ten_samples_a_second_decide_as_one_a_second_did(history, settings):
+    """The state machine samples every 0.1 s: the policy judges by the samples' times and passes, not by how many
+    came, so the same migration gets the same actions at the same moments."""
+    once = replay(stall(**history), make_policy("auto", **settings))
+    ten_times = replay(stall(step=0.1, **history), make_policy("auto", **settings))
+    assert kinds(once) and kinds(ten_times) == kinds(once)
+    assert [t for t, unused_action in ten_times] == [t for t, unused_action in once]
 
 
 # -- post-copy allowed: judged early, never throttled ----------------------------------------------

@@ -29,7 +29,7 @@ SENT = [{"bytes_allocated": 2 * MIB, "seconds": 1.5}, {"bytes_allocated": MIB, "
 STATEFUL = {"saved": SAVED, "loaded": LOADED, "restored": RESTORED, "copies": SENT}
 COLD = {"stopped_at": 10.0, "resumed_at": 13.75, "shutdown": {"stopped_by": "powerdown"}, "copies": COPIES}
 COMMON = {"vm": "web1", "source": "hv1", "target": "hv2", "plan": ["web1: hv1 -> hv2"], "started": 5.0,
-          "finished": 20.25, "announce": None, "guest_agent": None, "prediction": None}
+          "finished": 20.25, "play_started": None, "announce": None, "guest_agent": None, "prediction": None}
 
 # Each row: method, family, steps, the expected livemig_result, the expected line.
 CASES = [
@@ -66,6 +66,10 @@ def test_result_and_line(method, family, steps, expected, line):
     assert result == expected
     assert list(result)[:2] == ["source_stop_time", "target_resume_time"], "the figures first, as before"
     assert result_line(result) == line
+
+
+def test_the_result_keeps_the_plays_start_for_the_chart():
+    assert build_result(LIVE, plan("live-mirror", "live"), "5.0", 20.25, play_started="1.5")["play_started"] == 1.5
 
 
 def test_a_cold_move_without_local_disks_copies_nothing():
@@ -122,16 +126,18 @@ def test_the_report_puts_the_prediction_beside_what_happened():
     live = build_result(steps, {**plan("live-mirror", "live"), "prediction": PREDICTION}, "5.0", 20.25)
     assert live["prediction"] == {"strategy": "precopy", "predicted_total_s": 4.0, "actual_total_s": 4.0,
                                   "error_percent": 0.0, "predicted_freeze_ms": 150, "actual_downtime_ms": 12,
-                                  "downtime_error_percent": 1150.0}
+                                  "downtime_error_percent": 1150.0, "measured_from": epoch + 1.0}
     postcopy = build_result(steps, {**plan("live-mirror", "live"),
                                     "prediction": {**PREDICTION, "convergence": "postcopy-early"}}, "5.0", 20.25)
     assert postcopy["prediction"]["strategy"] == "postcopy" and postcopy["prediction"]["error_percent"] == 50.0
     no_mirror = build_result({**steps, "mirrors": {"results": []}},
                              {**plan("live-shared", "live"), "prediction": PREDICTION}, "5.0", 20.25)
     assert no_mirror["prediction"]["actual_total_s"] == 3.0, "without a mirror, QEMU's own migration time"
+    assert no_mirror["prediction"]["measured_from"] == epoch + 2.0
     stateful = build_result(STATEFUL, {**plan("stateful", "stateful"), "prediction": PREDICTION}, "5.0", 20.25)
     assert stateful["prediction"]["strategy"] == "stateful"
     assert stateful["prediction"]["actual_total_s"] == 2.125 and stateful["prediction"]["error_percent"] == 41.2
+    assert stateful["prediction"]["measured_from"] == 50.0, "the freeze counts from the source's stop"
     unpredicted = build_result(steps, {**plan("live-mirror", "live"),
                                        "prediction": {"predicted": False}}, "5.0", 20.25)
     assert unpredicted["prediction"] is None

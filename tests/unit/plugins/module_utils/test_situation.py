@@ -129,6 +129,12 @@ START_THERE = ("The VM ran on hv2, whose QEMU is gone, so hv1 will never resume 
 POST_COPY = ("The VM runs on hv2 in post-copy and still needs memory held by hv1: stop neither QEMU; once the migration "
              "link works again, resume the post-copy (migrate-recover on hv2, migrate with resume=true on hv1; see "
              "livemig.qemu.qemu_migrate).")
+POST_COPY_ENDED = (
+    "hv1's QEMU ended the post-copy, which cannot be resumed now; both QEMUs are kept and neither is resumed. If hv2's "
+    "query-migrate says completed, the VM is whole there: run the migrate playbook again to finish the hand-over. "
+    "Otherwise hv2 lacks memory only hv1 holds: end the VM's QEMU on hv2 (livemig.qemu.qemu_vm state=absent there) "
+    "and resume it on hv1 (livemig.qemu.qemu_qmp command=cont), whose RAM and disks are those of the switchover.")
+ENDED = {"failed": True, "msg": "y", "phase": "post-copy", "target_may_have_run": True}
 LOOP = {"failed": True, "msg": "One or more items failed",
         "results": [{"failed": False, "msg": "ok"}, {"failed": True, "msg": "the mirror of disk-root failed"},
                     {"failed": True, "msg": "second"}]}
@@ -166,6 +172,17 @@ FAILURE_CASES = [
      source("switchover", "postcopy-paused"), SKIPPED, "post-copy", POST_COPY, "the link failed"),
     ("post-copy by the source's QEMU", FAILED, "live-mirror", "hand-over", source("switchover", "postcopy-active"),
      SKIPPED, "post-copy", POST_COPY, "x"),
+    ("post-copy ended by the source's QEMU, the target waits for memory", ENDED, "live-mirror",
+     "RAM pre-copy and switchover", source("switchover", "failed"), {**RUNS_THERE, "migrate_status": "postcopy-paused"},
+     "post-copy-ended", POST_COPY_ENDED, "y"),
+    ("post-copy ended by the source's QEMU after the last page reached the target", ENDED, "live-mirror",
+     "RAM pre-copy and switchover", source("switchover", "failed"), {**RUNS_THERE, "migrate_status": "completed"},
+     "target", RUNS, "y"),
+    ("post-copy ended by the source's QEMU before the target loaded the device state", ENDED, "live-mirror",
+     "RAM pre-copy and switchover", source("switchover", "failed"), NEVER_RAN, "source", KEEPS, "y"),
+    ("post-copy ended by the source's QEMU, the target does not answer", ENDED, "live-mirror",
+     "RAM pre-copy and switchover", source("switchover", "failed"), UNREACHABLE, "post-copy-ended", POST_COPY_ENDED,
+     "y"),
     ("post-copy in the text only is not post-copy", {"failed": True, "msg": "lost in post-copy"}, "live-mirror",
      "hand-over", source("completed", "completed"), RUNS_THERE, "target", RUNS, "lost in post-copy"),
     ("stateful, unreachable after the commit", FAILED, "stateful", "restore", source("switchover", "completed"),
