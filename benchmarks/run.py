@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""The benchmark matrix of docs/benchmarks.md in the two-host lab: policies x workloads x links, 3 runs each.
+"""The benchmark matrix of docs/benchmarks.md in the two-host lab: policies x workloads x fills x links, 3 runs
+each.
 
 Every run moves the test guest with the documented migrate playbook, or libvirt's `virsh migrate` for the libvirt
 policies (benchmarks/libvirt.py), and is checked (heartbeats continue, no page-check failure, disk ring intact, rest
-of the disk identical). One VM per tool, workload and link is moved back and forth by each policy in turn. Prints a
-table of medians and one of our figures over libvirt's, and saves every figure as JSON. Run through
-benchmarks/run.sh, which prepares the machine; --smoke runs two cases once (ours and libvirt's).
+of the disk identical). Every policy runs on the guest's `words` fill; the policies that compress pages or send only
+their changes, and their libvirt baselines, also on its `random` fill. One VM per tool, workload, fill and link is
+moved back and forth by each policy in turn. Prints a table of medians, one of our figures over libvirt's and one of
+predicted against actual times, and saves every figure as JSON. Run through benchmarks/run.sh, which prepares the
+machine; --smoke runs two cases once (ours and libvirt's).
 """
 from __future__ import annotations
 
@@ -31,7 +34,11 @@ DEFAULTS_TIMEOUT_S = 40
 POLICIES = {
     "qemu-defaults": {"livemig_convergence": "defaults", "livemig_migration_timeout": DEFAULTS_TIMEOUT_S},
     "auto": {"livemig_convergence": "auto"},
+    "auto-postcopy": {"livemig_convergence": "auto", "livemig_allow_postcopy": True},
     "auto-multifd": {"livemig_convergence": "auto", "livemig_multifd_channels": 4},
+    "auto-multifd-zstd": {"livemig_convergence": "auto", "livemig_multifd_channels": 4,
+                          "livemig_multifd_compression": "zstd"},
+    "auto-xbzrle": {"livemig_convergence": "auto", "livemig_xbzrle_cache_mb": 256},
     "postcopy-early": {"livemig_convergence": "postcopy-early", "livemig_allow_postcopy": True},
     "stateful": {"livemig_method": "stateful"},
     # The same in cleartext, against which TLS's cost is measured.
@@ -42,18 +49,22 @@ POLICIES = {
     "libvirt-autoconverge": {"virsh": ["--auto-converge"]},
     "libvirt-postcopy": {"virsh": ["--postcopy", "--postcopy-after-precopy"]},
 }
-DEFAULT_POLICIES = ("qemu-defaults", "auto", "auto-multifd", "postcopy-early", "stateful", "libvirt",
-                    "libvirt-autoconverge", "libvirt-postcopy")
+DEFAULT_POLICIES = ("qemu-defaults", "auto", "auto-postcopy", "auto-multifd", "auto-multifd-zstd", "auto-xbzrle",
+                    "postcopy-early", "stateful", "libvirt", "libvirt-autoconverge", "libvirt-postcopy")
 # The libvirt policy each of ours is compared with: the nearest in what it allows.
 BASELINES = {"qemu-defaults": "libvirt", "stateful": "libvirt", "stateful-tcp": "libvirt",
              "auto": "libvirt-autoconverge", "auto-multifd": "libvirt-autoconverge", "auto-tcp": "libvirt-autoconverge",
-             "postcopy-early": "libvirt-postcopy"}
+             "auto-multifd-zstd": "libvirt-autoconverge", "auto-xbzrle": "libvirt-autoconverge",
+             "auto-postcopy": "libvirt-postcopy", "postcopy-early": "libvirt-postcopy"}
 RATIOS = ("guest_visible_downtime_ms", "guest_disturbance_ms", "migration_time_ms", "total_time_s")
 WORKLOADS = ("idle", "light", "heavy")
+# What the guest writes into its pages (lm.fill, tests/guest/README.md): two words a page, which compression and
+# XBZRLE shrink far more than real memory allows, or pseudo-random bytes, which they cannot shrink.
+FILLS = ("words", "random")
 LINKS = {"unlimited": None, "1gbit": "1gbit"}
 MEDIANS = ("guest_visible_downtime_ms", "guest_disturbance_ms", "qemu_downtime_ms", "stop_to_resume_ms",
            "total_time_s", "migration_time_ms", "ram_bytes", "disk_bytes", "passes", "bound_s", "total_to_bound",
-           "migration_to_bound")
+           "migration_to_bound", "predicted_total_s", "actual_total_s", "prediction_error")
 
 
 def link_rate(size: int = 256 << 20) -> float:
@@ -79,11 +90,31 @@ def is_libvirt(policy: str) -> bool:
     return "virsh" in POLICIES[policy]
 
 
-def run_case(lab: Lab, name: str, workload: str, order: list[str], rate: float) -> list[tuple[str, dict]]:
-    """Every move of `order` (policies, interleaved) on one workload and link. Our VM and libvirt's, from one spec,
-    are each booted once and moved back and forth; while one tool moves its VM the other's is paused, so that one
-    guest at a time uses the CPU."""
-    lab.define_vm(name, workload)
+def shrinks_pages(policy: str) -> bool:
+    """Whether the policy compresses pages or sends only their changes (XBZRLE): its figures depend on the fill."""
+    settings = POLICIES[policy]
+    compresses = settings.get("livemig_multifd_compression", "none") != "none"
+    return compresses or bool(settings.get("livemig_xbzrle_cache_mb"))
+
+
+def case_policies(policies: list[str], fill: str) -> list[str]:
+    """The policies, of those asked for, that run on the guest's `fill`: every one on words; on random, those whose
+    figures depend on the fill and the libvirt baselines they are compared with, so that ratios compare like with
+    like."""
+    if fill == "words":
+        return list(policies)
+    ours = [policy for policy in policies if not is_libvirt(policy) and shrinks_pages(policy)]
+    # The baseline each is compared with (ratios): its own when asked for, else plain libvirt.
+    theirs = {BASELINES[policy] if BASELINES[policy] in policies else "libvirt" for policy in ours}
+    return [policy for policy in policies if policy in ours or policy in theirs]
+
+
+def run_case(lab: Lab, name: str, workload: str, fill: str, order: list[str], rate: float
+             ) -> list[tuple[str, dict]]:
+    """Every move of `order` (policies, interleaved) on one workload, fill and link. Our VM and libvirt's, from one
+    spec, are each booted once and moved back and forth; while one tool moves its VM the other's is paused, so that
+    one guest at a time uses the CPU."""
+    lab.define_vm(name, workload, fill=fill)
     peer = libvirt.LibvirtVM(f"lv-{name}", dict(lab.vms[name]), workload) if any(map(is_libvirt, order)) else None
     pending = list(order)
     results = []
@@ -91,7 +122,7 @@ def run_case(lab: Lab, name: str, workload: str, order: list[str], rate: float) 
     def peer_moves() -> None:
         while pending and is_libvirt(pending[0]):
             policy = pending.pop(0)
-            results.append((policy, peer.move(POLICIES[policy]["virsh"], RUN_TIMEOUT_S)))
+            results.append((policy, {**peer.move(POLICIES[policy]["virsh"], RUN_TIMEOUT_S), "fill": fill}))
 
     def between(host: str) -> None:
         """Before each of our moves: the libvirt moves due first, with our VM paused."""
@@ -111,7 +142,7 @@ def run_case(lab: Lab, name: str, workload: str, order: list[str], rate: float) 
             peer.boot("hv1")
             peer.suspend()
         if plan:
-            results += moves(lab, name, workload, plan, rate, between=between)
+            results += moves(lab, name, workload, plan, rate, between=between, fill=fill)
         if pending:
             peer.resume()
             peer_moves()
@@ -132,10 +163,10 @@ def medians(runs: list[dict]) -> dict:
 
 
 def table(cases: list[dict]) -> str:
-    columns = ("policy", "workload", "link", "completed", "guest_visible_downtime_ms", "qemu_downtime_ms",
+    columns = ("policy", "workload", "fill", "link", "completed", "guest_visible_downtime_ms", "qemu_downtime_ms",
                "stop_to_resume_ms", "guest_disturbance_ms", "total_time_s", "migration_time_ms", "ram_bytes",
                "disk_bytes", "passes", "postcopy", "total_to_bound", "migration_to_bound", "checks_pass")
-    heads = ("policy", "workload", "link", "done", "guest ms", "QEMU ms", "STOP-RESUME ms", "disturb ms",
+    heads = ("policy", "workload", "fill", "link", "done", "guest ms", "QEMU ms", "STOP-RESUME ms", "disturb ms",
              "total s", "migr ms", "RAM MiB", "disk MiB", "passes", "postcopy", "total/bound", "migr/bound", "checks")
 
     def cell(case: dict, key: str) -> str:
@@ -154,34 +185,82 @@ def table(cases: list[dict]) -> str:
 
 
 def ratios(cases: list[dict]) -> list[dict]:
-    """Per case (workload x link), each of our policies' medians over its libvirt baseline's (BASELINES; plain
+    """Per case (workload x fill x link), each of our policies' medians over its libvirt baseline's (BASELINES; plain
     `libvirt` when that one was not run)."""
-    found = {(case["policy"], case["workload"], case["link"]): case for case in cases}
+    found = {(case["policy"], case["workload"], case["fill"], case["link"]): case for case in cases}
     rows = []
     for case in cases:
         if is_libvirt(case["policy"]):
             continue
-        where = (case["workload"], case["link"])
-        baseline = found.get((BASELINES[case["policy"]], *where)) or found.get(("libvirt", *where))
-        if baseline is None:
+        where = (case["workload"], case["fill"], case["link"])
+        compared = found.get((BASELINES[case["policy"]], *where)) or found.get(("libvirt", *where))
+        if compared is None:
             continue
-        row = {"policy": case["policy"], "baseline": baseline["policy"], "workload": case["workload"],
-               "link": case["link"]}
+        row = {"policy": case["policy"], "baseline": compared["policy"], "workload": case["workload"],
+               "fill": case["fill"], "link": case["link"]}
         for key in RATIOS:
-            ours, theirs = case["medians"].get(key), baseline["medians"].get(key)
+            ours, theirs = case["medians"].get(key), compared["medians"].get(key)
             row[key] = round(ours / theirs, 2) if ours is not None and theirs else None
         rows.append(row)
     return rows
 
 
 def ratio_table(rows: list[dict]) -> str:
-    heads = ("policy", "libvirt baseline", "workload", "link", "guest freeze", "disturbance outside switchover",
-             "migration time", "total time")
+    heads = ("policy", "libvirt baseline", "workload", "fill", "link", "guest freeze",
+             "disturbance outside switchover", "migration time", "total time")
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for row in rows:
         figures = ["-" if row[key] is None else f"{row[key]:g}" for key in RATIOS]
-        lines.append("| " + " | ".join([row["policy"], row["baseline"], row["workload"], row["link"], *figures]) + " |")
+        where = [row["policy"], row["baseline"], row["workload"], row["fill"], row["link"]]
+        lines.append("| " + " | ".join(where + figures) + " |")
     return "\n".join(lines)
+
+
+def predictions(cases: list[dict]) -> list[dict]:
+    """Per case of ours whose moves were predicted: the strategies predicted, the medians of the predicted and the
+    actual time and of the relative error (predicted / actual - 1)."""
+    rows = []
+    for case in cases:
+        figures = case["medians"]
+        if figures.get("predicted_total_s") is None:
+            continue
+        strategies = sorted({run["strategy"] for run in case["runs"] if run.get("strategy")})
+        rows.append({"policy": case["policy"], "workload": case["workload"], "fill": case["fill"],
+                     "link": case["link"], "strategy": "/".join(strategies),
+                     **{key: figures.get(key) for key in ("predicted_total_s", "actual_total_s", "prediction_error")}})
+    return rows
+
+
+def prediction_table(rows: list[dict]) -> str:
+    heads = ("policy", "workload", "fill", "link", "strategy", "predicted s", "actual s", "error %")
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for row in rows:
+        actual, error = row["actual_total_s"], row["prediction_error"]
+        figures = [f"{row['predicted_total_s']:.1f}", "-" if actual is None else f"{actual:.1f}",
+                   "-" if error is None else f"{error * 100:+.0f}"]
+        where = [row["policy"], row["workload"], row["fill"], row["link"], row["strategy"] or "-"]
+        lines.append("| " + " | ".join(where + figures) + " |")
+    return "\n".join(lines)
+
+
+def measure_case(lab: Lab, workload: str, fill: str, link_name: str, policies: list[str], runs: int,
+                 rate: float) -> list[dict]:
+    """One VM per tool on one workload, fill and link, moved back and forth by every policy in turn (boots are
+    slow); a case, with its runs and medians, per policy."""
+    print(f"== {workload} workload, {fill} fill, {link_name} link ({rate * 8 / 1e9:.2f} Gbit/s measured): "
+          f"{', '.join(policies)}, {runs} moves each", flush=True)
+    # Interleaved (every policy once, then again), so that a slow spell of the machine hits them alike.
+    order = [policy for _run in range(runs) for policy in policies]
+    done = run_case(lab, f"bench-{workload}-{fill}-{link_name}", workload, fill, order, rate)
+    cases = []
+    for policy in policies:
+        moved = [run for label, run in done if label == policy]
+        case = {"policy": policy, "workload": workload, "fill": fill, "link": link_name, "link_bytes_per_s": rate,
+                "runs": moved, "medians": medians(moved)}
+        case["completed"] = case["medians"]["completed"]
+        cases.append(case)
+        print(table([case]).splitlines()[-1], flush=True)
+    return cases
 
 
 def main() -> int:
@@ -198,11 +277,11 @@ def main() -> int:
         options.policies, options.workloads, options.links = ["auto", "libvirt"], ["light"], ["unlimited"]
         options.runs = 1
 
+    began = time.monotonic()  # the benchmark's own runtime counts the lab's set-up too
     lab_up()
     if any(map(is_libvirt, options.policies)):
         libvirt.libvirt_up()
     lab = Lab(build_guest(), tempfile.mkdtemp(prefix="livemig-bench-"))
-    began = time.monotonic()
     cases = []
     for link_name in options.links:
         if LINKS[link_name]:
@@ -210,34 +289,30 @@ def main() -> int:
         try:
             rate = link_rate()
             for workload in options.workloads:
-                # One VM per workload and link, moved back and forth by every policy in turn: boots are slow.
-                print(f"== {workload} workload, {link_name} link ({rate * 8 / 1e9:.2f} Gbit/s measured): "
-                      f"{', '.join(options.policies)}, {options.runs} moves each", flush=True)
-                # Interleaved (every policy once, then again), so that a slow spell of the machine hits them alike.
-                order = [policy for _run in range(options.runs) for policy in options.policies]
-                done = run_case(lab, f"bench-{workload}-{link_name}", workload, order, rate)
-                for policy in options.policies:
-                    runs = [run for label, run in done if label == policy]
-                    case = {"policy": policy, "workload": workload, "link": link_name, "link_bytes_per_s": rate,
-                            "runs": runs, "medians": medians(runs)}
-                    case["completed"] = case["medians"]["completed"]
-                    cases.append(case)
-                    print(table([case]).splitlines()[-1], flush=True)
+                for fill in FILLS:
+                    policies = case_policies(options.policies, fill)
+                    if policies:
+                        cases += measure_case(lab, workload, fill, link_name, policies, options.runs, rate)
         finally:
             if LINKS[link_name]:
                 link("hv2", "unlimit")
-    elapsed = time.monotonic() - began
     summary = table(cases)
-    print(f"\nmedians of {options.runs} run(s) per case, {elapsed / 60:.1f} min in all\n\n{summary}")
+    print(f"\nmedians of {options.runs} run(s) per case\n\n{summary}")
     compared = ratios(cases)
     against = ratio_table(compared)
     if compared:
         print(f"\nours / libvirt's (medians; below 1: ours is smaller)\n\n{against}")
+    predicted = predictions(cases)
+    foreseen = prediction_table(predicted)
+    if predicted:
+        print(f"\npredicted against actual (medians; error = predicted / actual - 1)\n\n{foreseen}")
+    elapsed = time.monotonic() - began
+    print(f"\nthe benchmark ran {elapsed:.0f} s ({elapsed / 60:.1f} min), the lab's set-up included")
     with open(options.json, "w", encoding="utf-8") as handle:
         json.dump({"runs_per_case": options.runs, "run_timeout_s": RUN_TIMEOUT_S,
                    "qemu_defaults_timeout_s": DEFAULTS_TIMEOUT_S, "elapsed_s": round(elapsed),
                    "cases": cases, "table": summary, "baselines": BASELINES, "ratios": compared,
-                   "ratio_table": against}, handle, indent=2)
+                   "ratio_table": against, "predictions": predicted, "prediction_table": foreseen}, handle, indent=2)
     print(f"\nsaved {options.json}")
     return 0 if all(case["medians"]["checks_pass"] for case in cases) else 1
 

@@ -11,7 +11,7 @@ import shutil
 from typing import Any
 
 from ansible_collections.livemig.qemu.plugins.module_utils import (
-    _blockdev, _files, _firmware, _incoming, _probe, _qemuimg, _taps, _vmhost)
+    _blockdev, _files, _firmware, _incoming, _nbdexport, _probe, _qemuimg, _taps, _vmhost)
 from ansible_collections.livemig.qemu.plugins.module_utils._command import Program
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._qemuargv import build_argv
@@ -118,9 +118,11 @@ class VMLifecycle:
             if status == "paused":  # arrived while no resume watcher ran: let it run here now
                 _incoming.let_run(self.paths, session)
                 self.result["status"] = session.execute("query-status")["status"]
+            _nbdexport.close(session)  # an owner's disks take no writes from outside (the watcher closed them)
         with updating(self.paths.record, self.paths.vm) as record:
             record.owner = True
             record.volatile.pop("incoming", None)
+            record.volatile.pop("nbd", None)
         self.record = load_record(self.paths.record, self.paths.vm)
 
     def ensure_incoming(self) -> None:

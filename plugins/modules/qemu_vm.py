@@ -67,7 +67,8 @@ options:
   migration_target:
     description:
       - This host receives the VM by migration. Allows O(state=incoming) on a host that does not own the VM, and lets
-        O(state=running) claim ownership once the incoming migration has completed.
+        O(state=running) claim ownership once the incoming migration has completed; the NBD server that exported
+        its disks for the mirror stops then, if it still runs (an owner's disks take no writes from outside).
     type: bool
     default: false
   machine:

@@ -90,6 +90,15 @@ def first_pass_bytes(stats: dict) -> int | None:
     return stats.get("ram_transferred")
 
 
+def prediction_figures(prediction: dict | None) -> dict:
+    """The report's prediction of the strategy the move used beside its actual time, and the relative error
+    (predicted / actual - 1; above 0, the move took less time than predicted). None where nothing was predicted."""
+    prediction = prediction or {}
+    predicted, actual = prediction.get("predicted_total_s"), prediction.get("actual_total_s")
+    return {"strategy": prediction.get("strategy"), "predicted_total_s": predicted, "actual_total_s": actual,
+            "prediction_error": round(predicted / actual - 1, 3) if predicted is not None and actual else None}
+
+
 def series(lab: Lab, name: str, workload: str, runs: int, link_bytes_per_s: float | None = None,
            **extra_vars) -> list[dict]:
     """Start one VM and move it `runs` times between hv1 and hv2; every run is measured and checked."""
@@ -97,12 +106,13 @@ def series(lab: Lab, name: str, workload: str, runs: int, link_bytes_per_s: floa
 
 
 def moves(lab: Lab, name: str, workload: str, plan: list[tuple[str, dict]],
-          link_bytes_per_s: float | None = None, between=None) -> list[tuple[str, dict]]:
-    """Start one VM and move it between hv1 and hv2 once per (label, migrate variables) of `plan`; every move is
-    measured and checked. Between moves the guest is paused for a moment on its host to check its disk, outside
-    every measured window. `between(host)`, when given, runs before every move, outside its window too (the
-    benchmark moves another tool's VM there, with this one paused on `host`)."""
-    lab.define_vm(name, workload)
+          link_bytes_per_s: float | None = None, between=None, fill: str = "words") -> list[tuple[str, dict]]:
+    """Start one VM, its working set filled with `fill` (words or random), and move it between hv1 and hv2 once per
+    (label, migrate variables) of `plan`; every move is measured and checked. Between moves the guest is paused for
+    a moment on its host to check its disk, outside every measured window. `between(host)`, when given, runs before
+    every move, outside its window too (the benchmark moves another tool's VM there, with this one paused on
+    `host`)."""
+    lab.define_vm(name, workload, fill=fill)
     digest = lab.start(name, "hv1")
     tap = lab.tap(name)
     clock = time.time() - time.monotonic()  # wall clock (QMP, reports) minus the tap's monotonic clock
@@ -133,7 +143,7 @@ def moves(lab: Lab, name: str, workload: str, plan: list[tuple[str, dict]],
             disk_bytes = int(report.get("disk_bytes") or 0) if completed else None
             bound = (ram + disk_bytes) / link_bytes_per_s if completed and ram and link_bytes_per_s else None
             results.append((label, {
-                "workload": workload, "from": host, "to": target, "completed": completed,
+                "workload": workload, "fill": fill, "from": host, "to": target, "completed": completed,
                 "method": report.get("method"),
                 "failure": None if completed else outcome.output[-600:],
                 "guest_visible_downtime_ms": round(summary["max_gap_s"] * 1000, 1),
@@ -156,6 +166,7 @@ def moves(lab: Lab, name: str, workload: str, plan: list[tuple[str, dict]],
                 "total_to_bound": round((ended - began) / bound, 1) if bound else None,
                 "migration_to_bound": round(stats["total_time_ms"] / 1000 / bound, 2)
                 if bound and live and stats.get("total_time_ms") else None,
+                **prediction_figures(report.get("prediction")),
                 "checks": move_checks(where, heartbeat, summary, disk),
                 "ring_problems": disk["ring_problems"],
             }))

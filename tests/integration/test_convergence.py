@@ -174,5 +174,6 @@ def test_benchmark_smoke_run(tmp_path):
     for case in results["cases"]:
         assert case["completed"] == "1/1" and case["medians"]["checks_pass"] is True, case
         assert case["medians"]["guest_visible_downtime_ms"] > 0
-    assert "| auto | light | unlimited |" in results["table"] and "| libvirt | light | unlimited |" in results["table"]
-    assert "| auto | libvirt | light | unlimited |" in results["ratio_table"], results["ratio_table"]
+    assert "| auto | light | words | unlimited |" in results["table"], results["table"]
+    assert "| libvirt | light | words | unlimited |" in results["table"], results["table"]
+    assert "| auto | libvirt | light | words | unlimited |" in results["ratio_table"], results["ratio_table"]

@@ -125,6 +125,21 @@ def test_a_target_that_arrived_while_no_watcher_ran_is_let_run_when_it_is_claime
     assert target.owner is True and "ran" in target.migration and "incoming" not in target.volatile
 
 
+def test_the_target_stops_its_nbd_server_when_it_takes_the_vm_over(hosts):
+    """The watcher closes the exports when it lets the VM run; a VM that arrived while none ran still has them when
+    the hand-over claims it: an owner's disks take no writes from outside."""
+    exported = hosts.module("qemu_nbd_export", "dst", address="127.0.0.1", disks=[])
+    assert exported["changed"] is True and "nbd" in hosts.record("dst").volatile, exported
+    hosts.migrate()
+    claimed = hosts.module("qemu_vm", "dst", spec=SPEC, migration_target=True)
+    assert claimed["changed"] is True and claimed["owner"] is True, claimed
+    assert "nbd" not in hosts.record("dst").volatile
+    with QMPSession(hosts.paths["dst"].qmp) as session:
+        assert session.execute("query-block-exports") == []
+        # It was stopped: a new one may start.
+        session.execute("nbd-server-start", {"addr": {"type": "inet", "data": {"host": "127.0.0.1", "port": "0"}}})
+
+
 def test_a_rollback_of_a_completed_migration_resumes_the_source_and_owns_it_again(hosts):
     """Only the caller, who ended the target and found no ran marker, may say target_ran=false."""
     hosts.migrate()
