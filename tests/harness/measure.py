@@ -13,6 +13,23 @@ FIGURES = ("guest_visible_downtime_ms", "guest_disturbance_ms", "disturbance_bef
 BYTES = ("ram_bytes", "disk_bytes", "mirror_processed_bytes")
 
 
+
+def failure_message(output: str) -> str:
+    """The message of the play's first failed task (the `msg:` under Ansible's `fatal:` line, in the YAML result
+    format the lab uses), else the output's end."""
+    lines = output[output.find("fatal:"):].splitlines() if "fatal:" in output else []
+    for index, line in enumerate(lines):
+        key = line.lstrip()
+        if key.startswith("msg:"):
+            indent = len(line) - len(key)
+            text = [key[4:].strip(" |>-")]
+            for following in lines[index + 1:]:
+                if following.strip() and len(following) - len(following.lstrip()) <= indent:
+                    break
+                text.append(following.strip())
+            return " ".join(" ".join(text).split())[:2000]
+    return output[-600:]
+
 def medians(runs: list[dict]) -> dict:
     return {key: statistics.median(run[key] for run in runs if run.get(key) is not None)
             for key in FIGURES if any(run.get(key) is not None for run in runs)}
@@ -145,7 +162,7 @@ def moves(lab: Lab, name: str, workload: str, plan: list[tuple[str, dict]],
             results.append((label, {
                 "workload": workload, "fill": fill, "from": host, "to": target, "completed": completed,
                 "method": report.get("method"),
-                "failure": None if completed else outcome.output[-600:],
+                "failure": None if completed else failure_message(outcome.output),
                 "guest_visible_downtime_ms": round(summary["max_gap_s"] * 1000, 1),
                 "guest_disturbance_ms": round(outside * 1000, 1),
                 "disturbance_before_stop_ms": round(before_stop * 1000, 1),

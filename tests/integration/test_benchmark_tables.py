@@ -12,7 +12,7 @@ from conftest import REPO_ROOT
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
 import run as bench  # noqa: E402  pylint: disable=wrong-import-position
-from measure import prediction_figures  # noqa: E402  pylint: disable=wrong-import-position
+from measure import failure_message, prediction_figures  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def case(policy: str, fill: str = "words", workload: str = "light", link: str = "unlimited", runs=(), **figures
@@ -121,3 +121,15 @@ def test_the_prediction_table_has_a_row_per_predicted_case_of_ours():
     assert "| auto-postcopy | heavy | words | 1gbit | postcopy/precopy | 12.0 | 10.0 | +20 |" in table
     assert "| auto | light | words | unlimited | precopy | 3.0 | - | - |" in table
     assert "libvirt" not in table
+
+
+def test_a_failed_move_is_recorded_by_the_message_of_its_failed_task():
+    output = ("TASK [livemig.qemu.live_migration : Stop when the VM cannot move] ***\n"
+              "fatal: [hv1]: FAILED! => changed=false\n"
+              "  msg: |-\n"
+              "    Cannot live-migrate b1: no live strategy fits.\n"
+              "    Options: livemig_allow_postcopy: true\n"
+              "  other: 1\n\nTASK [Give back the VM's lease on the target] ***\nok: [hv1]\n")
+    assert failure_message(output) == ("Cannot live-migrate b1: no live strategy fits. "
+                                       "Options: livemig_allow_postcopy: true")
+    assert failure_message("PLAY RECAP\nhv1 : ok=3 failed=0\n") == "PLAY RECAP\nhv1 : ok=3 failed=0\n"
