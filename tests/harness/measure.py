@@ -13,7 +13,6 @@ FIGURES = ("guest_visible_downtime_ms", "guest_disturbance_ms", "disturbance_bef
 BYTES = ("ram_bytes", "disk_bytes", "mirror_processed_bytes")
 
 
-
 def failure_message(output: str) -> str:
     """The message of the play's first failed task (the `msg:` under Ansible's `fatal:` line, in the YAML result
     format the lab uses), else the output's end."""
@@ -29,6 +28,7 @@ def failure_message(output: str) -> str:
                 text.append(following.strip())
             return " ".join(" ".join(text).split())[:2000]
     return output[-600:]
+
 
 def medians(runs: list[dict]) -> dict:
     return {key: statistics.median(run[key] for run in runs if run.get(key) is not None)
