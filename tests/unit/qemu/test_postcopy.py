@@ -212,8 +212,8 @@ def test_a_postcopy_survives_its_link_cut_for_5s(pair):
     resume it once a second until the link is back and the target listens again, and the move completes.
 
     Without postcopy-preempt: with it, this test's user-space link sometimes never delivers the broken main stream
-    to the target (about one run in seven), as a real link does; the lab's test cuts a real link with preempt on
-    (tests/integration/test_convergence.py)."""
+    to the target (about one run in seven; a real link always delivers it). The lab's test cuts a real link with
+    preempt on (tests/integration/test_convergence.py)."""
     capabilities = ["postcopy-ram"]
     vms = pair(disk=False, guest=20, target_capabilities=capabilities, source_monitor=True)
     recovery_port = free_port()
