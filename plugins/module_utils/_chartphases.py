@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-EPOCH_FLOOR = 1e9  # a time below this (2001) is seconds since the migration started, not an epoch time
+from ansible_collections.livemig.qemu.plugins.module_utils._outcome import EPOCH_FLOOR
 
 
 @dataclass(frozen=True)

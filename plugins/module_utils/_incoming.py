@@ -19,9 +19,9 @@ from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths, file_node
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession, QMPTimeout, event_time
 from ansible_collections.livemig.qemu.plugins.module_utils._state import load_record, mark_ran, ran_here, updating
+from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import kill_qemu, running_pid
 
 RECOVER_RETRY = 1.0  # seconds between two migrate-recover attempts
-from ansible_collections.livemig.qemu.plugins.module_utils._vmhost import kill_qemu, running_pid
 
 
 def run(task: Any) -> dict[str, Any]:

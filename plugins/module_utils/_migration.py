@@ -505,22 +505,23 @@ class SourceMigration:
             # The target runs the guest and pulls the rest of its memory from here: nothing may be undone.
             self.phase = Phase.POST_COPY
             if status not in POSTCOPY:
-                held = self._hold_source()
-                return MigrationFailed(Phase.POST_COPY, f"{cause}; {held}; the post-copy cannot be resumed (QEMU "
-                                       "ended it here)", run_state(self.session) == "running",
-                                       self._statistics_safely())
+                return self._held(cause, "; the post-copy cannot be resumed (QEMU ended it here)")
             state = run_state(self.session)  # finish-migrate for as long as the post-copy is paused
             return MigrationFailed(Phase.POST_COPY, f"{cause}; QEMU reports the migration {status} and the source "
                                    f"VM {state}; {POSTCOPY_RECOVERY}", state == "running", self._statistics_safely())
         if self.phase.target_may_run:
             # The device state may have reached the target: never resume here; the target's real state decides.
-            held = self._hold_source()
-            return MigrationFailed(self.phase, f"{cause}; {held}", run_state(self.session) == "running",
-                                   self._statistics_safely())
+            return self._held(cause)
         notes = undo((("cancel migration", lambda: cancel(self.session)),
                       ("abort mirrors", lambda: abort_mirrors(self.session, self.settings.mirrored_nodes)),
                       ("resume source", lambda: self._was_running and resume_if_paused(self.session))))
         return MigrationFailed(phase, with_notes(cause, notes), run_state(self.session) == "running",
+                               self._statistics_safely())
+
+    def _held(self, cause: str, after: str = "") -> MigrationFailed:
+        """The failure once the source is held: the cause, what became of the source, then `after`."""
+        held = self._hold_source()
+        return MigrationFailed(self.phase, f"{cause}; {held}{after}", run_state(self.session) == "running",
                                self._statistics_safely())
 
     def _hold_source(self) -> str:
