@@ -1,6 +1,7 @@
 """libvirt as the benchmark's peer (docs/benchmarks.md, DESIGN.md section 10): the test guest of our moves, from the
 same spec, run and moved between the lab hosts by their own libvirtd (lab/libvirt.sh) with `virsh migrate --live
---copy-storage-all`, and measured and checked the way tests/harness/measure.py measures ours."""
+--copy-storage-all`, in cleartext or with `--tls`, and measured and checked the way tests/harness/measure.py measures
+ours."""
 from __future__ import annotations
 
 import os

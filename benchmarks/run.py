@@ -44,14 +44,20 @@ POLICIES = {
     # The same in cleartext, against which TLS's cost is measured.
     "auto-tcp": {"livemig_convergence": "auto", "livemig_transport": "tcp"},
     "stateful-tcp": {"livemig_method": "stateful", "livemig_transport": "tcp"},
-    # libvirt's own moves of the same guest: flags of `virsh migrate`, not playbook variables.
+    # libvirt's own moves of the same guest: flags of `virsh migrate`, not playbook variables. In cleartext, and over
+    # TLS (migration stream and NBD mirror, the certificates of our moves: lab/libvirt.sh) like our default.
     "libvirt": {"virsh": []},
     "libvirt-autoconverge": {"virsh": ["--auto-converge"]},
     "libvirt-postcopy": {"virsh": ["--postcopy", "--postcopy-after-precopy"]},
+    "libvirt-tls": {"virsh": ["--tls"]},
+    "libvirt-autoconverge-tls": {"virsh": ["--auto-converge", "--tls"]},
+    "libvirt-postcopy-tls": {"virsh": ["--postcopy", "--postcopy-after-precopy", "--tls"]},
 }
 DEFAULT_POLICIES = ("qemu-defaults", "auto", "auto-postcopy", "auto-multifd", "auto-multifd-zstd", "auto-xbzrle",
-                    "postcopy-early", "stateful", "libvirt", "libvirt-autoconverge", "libvirt-postcopy")
-# The libvirt policy each of ours is compared with: the nearest in what it allows.
+                    "postcopy-early", "stateful", "libvirt", "libvirt-autoconverge", "libvirt-postcopy", "libvirt-tls",
+                    "libvirt-autoconverge-tls", "libvirt-postcopy-tls")
+# The libvirt move each of ours is compared with, the nearest in what it allows; over the policy's own transport
+# (baseline_candidates).
 BASELINES = {"qemu-defaults": "libvirt", "stateful": "libvirt", "stateful-tcp": "libvirt",
              "auto": "libvirt-autoconverge", "auto-multifd": "libvirt-autoconverge", "auto-tcp": "libvirt-autoconverge",
              "auto-multifd-zstd": "libvirt-autoconverge", "auto-xbzrle": "libvirt-autoconverge",
@@ -90,6 +96,21 @@ def is_libvirt(policy: str) -> bool:
     return "virsh" in POLICIES[policy]
 
 
+def transport(policy: str) -> str:
+    """`tls` or `tcp`: what the policy's streams run over (ours: `livemig_transport`, TLS by default)."""
+    settings = POLICIES[policy]
+    if is_libvirt(policy):
+        return "tls" if "--tls" in settings["virsh"] else "tcp"
+    return settings.get("livemig_transport", "tls")
+
+
+def baseline_candidates(policy: str) -> list[str]:
+    """The libvirt policies one of ours may be compared with, best first: its baseline over the same transport, else
+    plain libvirt over the same transport. Never one over the other transport: TLS alone can double a move's time."""
+    suffix = "-tls" if transport(policy) == "tls" else ""
+    return list(dict.fromkeys([BASELINES[policy] + suffix, "libvirt" + suffix]))
+
+
 def shrinks_pages(policy: str) -> bool:
     """Whether the policy compresses pages or sends only their changes (XBZRLE): its figures depend on the fill."""
     settings = POLICIES[policy]
@@ -104,8 +125,8 @@ def case_policies(policies: list[str], fill: str) -> list[str]:
     if fill == "words":
         return list(policies)
     ours = [policy for policy in policies if not is_libvirt(policy) and shrinks_pages(policy)]
-    # The baseline each is compared with (ratios): its own when asked for, else plain libvirt.
-    theirs = {BASELINES[policy] if BASELINES[policy] in policies else "libvirt" for policy in ours}
+    # The baseline each is compared with (ratios): the first of its candidates asked for.
+    theirs = {next((name for name in baseline_candidates(policy) if name in policies), None) for policy in ours}
     return [policy for policy in policies if policy in ours or policy in theirs]
 
 
@@ -185,15 +206,16 @@ def table(cases: list[dict]) -> str:
 
 
 def ratios(cases: list[dict]) -> list[dict]:
-    """Per case (workload x fill x link), each of our policies' medians over its libvirt baseline's (BASELINES; plain
-    `libvirt` when that one was not run)."""
+    """Per case (workload x fill x link), each of our policies' medians over its libvirt baseline's: the first of
+    baseline_candidates that ran on the same case; no row when none did."""
     found = {(case["policy"], case["workload"], case["fill"], case["link"]): case for case in cases}
     rows = []
     for case in cases:
         if is_libvirt(case["policy"]):
             continue
         where = (case["workload"], case["fill"], case["link"])
-        compared = found.get((BASELINES[case["policy"]], *where)) or found.get(("libvirt", *where))
+        compared = next((found[(name, *where)] for name in baseline_candidates(case["policy"])
+                         if (name, *where) in found), None)
         if compared is None:
             continue
         row = {"policy": case["policy"], "baseline": compared["policy"], "workload": case["workload"],
@@ -266,7 +288,7 @@ def measure_case(lab: Lab, workload: str, fill: str, link_name: str, policies: l
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true",
-                        help="two cases (auto and libvirt, light, unlimited link), one run each")
+                        help="two cases (auto and libvirt, both over TLS, light, unlimited link), one run each")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--policies", nargs="+", choices=POLICIES, default=list(DEFAULT_POLICIES))
     parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
@@ -274,7 +296,7 @@ def main() -> int:
     parser.add_argument("--json", default=os.path.join(REPO, "benchmarks", "results.json"))
     options = parser.parse_args()
     if options.smoke:
-        options.policies, options.workloads, options.links = ["auto", "libvirt"], ["light"], ["unlimited"]
+        options.policies, options.workloads, options.links = ["auto", "libvirt-tls"], ["light"], ["unlimited"]
         options.runs = 1
 
     began = time.monotonic()  # the benchmark's own runtime counts the lab's set-up too
@@ -301,7 +323,7 @@ def main() -> int:
     compared = ratios(cases)
     against = ratio_table(compared)
     if compared:
-        print(f"\nours / libvirt's (medians; below 1: ours is smaller)\n\n{against}")
+        print(f"\nours / libvirt's over the same transport (medians; below 1: ours is smaller)\n\n{against}")
     predicted = predictions(cases)
     foreseen = prediction_table(predicted)
     if predicted:
@@ -311,7 +333,8 @@ def main() -> int:
     with open(options.json, "w", encoding="utf-8") as handle:
         json.dump({"runs_per_case": options.runs, "run_timeout_s": RUN_TIMEOUT_S,
                    "qemu_defaults_timeout_s": DEFAULTS_TIMEOUT_S, "elapsed_s": round(elapsed),
-                   "cases": cases, "table": summary, "baselines": BASELINES, "ratios": compared,
+                   "cases": cases, "table": summary,
+                   "baselines": {policy: baseline_candidates(policy) for policy in BASELINES}, "ratios": compared,
                    "ratio_table": against, "predictions": predicted, "prediction_table": foreseen}, handle, indent=2)
     print(f"\nsaved {options.json}")
     return 0 if all(case["medians"]["checks_pass"] for case in cases) else 1

@@ -9,6 +9,10 @@
 # authentication or TLS (a lab only), e.g. `virsh -c qemu+tcp://198.18.0.1/system list`. Its pid is in
 # $LAB_DIR/<host>/libvirt/libvirtd.pid; `down` destroys that daemon's domains and stops only that pid.
 #
+# `virsh migrate --tls` runs the migration stream and the NBD mirror of --copy-storage-all over x509 TLS with the
+# host's certificates of our own moves, $LAB_DIR/<host>/tls (made by lab-up.sh's livemig.qemu.prepare), so that both
+# tools pay for TLS alike.
+#
 # Environment: LAB_DIR (default /var/lib/livemig-lab).
 set -euo pipefail
 
@@ -26,6 +30,7 @@ die() { log "ERROR: $*"; exit 1; }
 . "$(dirname "${BASH_SOURCE[0]}")/processes.sh"
 
 host_ip() { echo "198.18.0.${1#hv}"; }
+tls_dir() { echo "$LAB_DIR/$1/tls"; }
 uri() { echo "qemu+tcp://$(host_ip "$1")/system"; }
 base() { echo "$LAB_DIR/$1/libvirt"; }
 
@@ -52,7 +57,22 @@ security_driver = "none"
 user = "root"
 group = "root"
 stdio_handler = "file"
+# virsh migrate --tls: libvirt makes the migration's and the NBD mirror's TLS objects from this directory (nbd_tls_*
+# is for network disks, which the lab has none of). Each end verifies the other's certificate against the lab CA; the
+# source checks that the target's names the address it connects to, --migrateuri's, which the host's certificate
+# carries (livemig_migration_address). Without verify, a target would admit any client.
+migrate_tls_x509_cert_dir = "$(tls_dir "$1")"
+migrate_tls_x509_verify = 1
 EOF
+}
+
+# A migrate_tls_x509_cert_dir that does not exist stops libvirtd from starting: say what is missing instead.
+check_tls_files() {
+    local file dir
+    dir=$(tls_dir "$1")
+    for file in ca-cert.pem server-cert.pem server-key.pem client-cert.pem client-key.pem; do
+        [ -f "$dir/$file" ] || die "$1: no $dir/$file (lab/lab-up.sh makes the hosts' certificates)"
+    done
 }
 
 # write_conf FILE: stdin to FILE when it differs; returns 0 if it changed.
@@ -109,6 +129,7 @@ up() {
     local h pid
     for h in "${HOSTS[@]}"; do
         [ -e "/run/netns/$h" ] || die "no lab host $h (run lab/lab-up.sh first)"
+        check_tls_files "$h"
     done
     for h in "${HOSTS[@]}"; do
         if prepare "$h"; then

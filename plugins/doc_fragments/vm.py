@@ -91,4 +91,12 @@ options:
       - Without it, the run takes a lease of its own for as long as it runs, so that two changes of one VM never
         overlap.
     type: str
+  lock_release:
+    description:
+      - Give the lease O(lock_id) back on this host once this run has succeeded, as M(livemig.qemu.qemu_vm_lock)
+        with O(livemig.qemu.qemu_vm_lock#module:state=unlocked) would, in the same call (the play's last one on
+        this host). A failed run keeps it, for the play's rollback.
+    type: bool
+    default: false
+    version_added: 0.3.0
 """

@@ -11,7 +11,8 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._negotiate import check_wishes, make_plan, needs_kvm_check
 from ansible_collections.livemig.qemu.plugins.module_utils._situation import request_problem
-from ansible_collections.livemig.qemu.plugins.module_utils._tlscert import CRYPTOGRAPHY_ERROR, tls_problems
+from ansible_collections.livemig.qemu.plugins.module_utils._tlscert import (
+    CRYPTOGRAPHY_ERROR, host_client_dn, tls_problems)
 
 
 def migration_plan(request):
@@ -42,6 +43,18 @@ def tls_check(request):
     return {"problems": problems, **info}
 
 
+def migration_link_listener(source_check, source_name, address, transport, tls_dir):
+    """The target's link-test listener, asked for in the target's preflight call, before there is a plan: on the
+    target's migration address, over TLS admitting only the source's client certificate; None without an address
+    (the plan then says that the target has none)."""
+    if not address:
+        return None
+    if transport != "tls":
+        return {"address": address}
+    found = None if CRYPTOGRAPHY_ERROR else host_client_dn(source_name, (source_check or {}).get("tls"))
+    return {"address": address, "tls_dir": tls_dir, "tls_peer_dn": found}
+
+
 def migration_request_problem(vm, vms, source, target, target_known):
     return request_problem(vm, vms, source, target, bool(target_known))
 
@@ -55,4 +68,5 @@ def migration_needs_kvm(source_facts, vm, spec, method="auto", allow_cold=False)
 class FilterModule:
     def filters(self):
         return {"migration_plan": migration_plan, "migration_request_problem": migration_request_problem,
+                "migration_link_listener": migration_link_listener,
                 "migration_needs_kvm": migration_needs_kvm}

@@ -32,7 +32,7 @@ def measurements(measured: dict[str, Any], cap: int) -> _predict.Measurements:
             ram_bytes=int(measured["ram_bytes"]), link_rate=measured.get("link_rate"),
             ram_nonzero_bytes=measured.get("ram_resident_bytes"), disk_bytes=int(measured.get("disk_bytes") or 0),
             dirty_rate=float(measured.get("dirty_rate") or 0), cap=float(cap or 0),
-            disk_write_rate=float(measured.get("disk_write_rate") or 0))
+            disk_write_rate=float(measured.get("disk_write_rate") or 0), stream_rate=measured.get("stream_rate"))
     except (TypeError, ValueError) as exc:
         raise MeasurementError(f"malformed measurements: {exc}") from exc
 
@@ -83,7 +83,7 @@ def forecast(measured: dict[str, Any] | None, method: str | None, wishes: dict[s
 def _shown(measured: dict[str, Any]) -> dict[str, Any]:
     """The figures the plan keeps (the probe's raw answer has more)."""
     keys = ("ram_bytes", "ram_resident_bytes", "disk_bytes", "dirty_rate", "dirty_rate_mode", "disk_write_rate",
-            "link_rate", "link_error", "dirty_rate_error")
+            "link_rate", "link_error", "dirty_rate_error", "stream_rate", "stream_rate_source")
     return {key: measured.get(key) for key in keys if key in measured}
 
 

@@ -36,7 +36,24 @@ def run(task: Any) -> dict[str, Any]:
         pass
     except VM_FAILURES as exc:
         raise lifecycle.failure(str(exc)) from exc
-    return lifecycle.finish()
+    result = lifecycle.finish()
+    if task.params["state"] == "incoming" and not (task.check_mode and result["changed"]):
+        receive(task, result)
+    return result
+
+
+def receive(task: Any, result: dict[str, Any]) -> None:
+    """A target QEMU's two ends, in the same call that started it: the NBD exports the source's mirrors write
+    into (nbd_export) and the listener of the migration (listen), as qemu_nbd_export and qemu_migrate_incoming
+    would set them up."""
+    ends = (("nbd", task.params.get("nbd_export"), _nbdexport.run, "present"),
+            ("incoming", task.params.get("listen"), _incoming.run, "listening"))
+    for key, options, handler, state in ends:
+        if options:
+            part = handler(task.with_params(**options, state=state))
+            changed = part.pop("changed")
+            result["changed"] = result["changed"] or changed
+            result[key] = part
 
 
 class _CheckModeStop(Exception):

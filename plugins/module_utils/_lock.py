@@ -147,9 +147,10 @@ def current(paths: VMPaths) -> dict[str, Any] | None:
 
 
 @contextlib.contextmanager
-def held(paths: VMPaths, lock_id: str | None, operation: str) -> Iterator[None]:
+def held(paths: VMPaths, lock_id: str | None, operation: str, give_back: bool = False) -> Iterator[None]:
     """Around a module run that changes the VM: the play's lease `lock_id` (taken for PLAY_TTL if it is not held
-    yet, never extended), or a lease of this run's own, given back at its end."""
+    yet, never extended; given back after a successful run when `give_back`), or a lease of this run's own, given back
+    at its end."""
     if lock_id:
         ours = current(paths)
         if not (ours and ours["id"] == lock_id):
@@ -159,6 +160,8 @@ def held(paths: VMPaths, lock_id: str | None, operation: str) -> Iterator[None]:
             yield
         finally:
             _working(paths, lock_id, os.getpid(), False)
+        if give_back:  # reached only when the run succeeded
+            release(paths, lock_id)
         return
     own = f"run-{secrets.token_hex(6)}"
     made = [path for path in (paths.state_dir, paths.vm_state_dir) if not os.path.isdir(path)]

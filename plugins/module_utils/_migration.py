@@ -81,10 +81,23 @@ class MigrationFailed(LivemigError):
         return self.details["statistics"]
 
 
+@dataclass(frozen=True)
+class MirrorTarget:
+    """Where one disk's mirror writes: the target's NBD export of it."""
+    node: str
+    host: str
+    port: int
+    export: str
+    copy_mode: str = "background"
+    speed: int = 0
+
+
 @dataclass
 class MigrationSettings:
     uri: str
     mirrored_nodes: list[str] = field(default_factory=list)
+    mirrors_to_start: list[MirrorTarget] = field(default_factory=list)  # started here, before the RAM moves
+    mirror_timeout: float | None = None  # how long the mirrors may take to reach READY; None: the whole timeout
     max_bandwidth: int = 0  # bytes/s for RAM and the disk mirrors together; 0: no cap
     downtime_limit_ms: int = 300  # the policy's target (auto), or the fixed limit (defaults)
     convergence: str = "auto"  # defaults | auto | postcopy-early
@@ -104,6 +117,14 @@ class MigrationSettings:
     postcopy_stall_seconds: float = 3.0  # post-copy without a byte moved this long: the link is dead, pause it
     # Called, and must have made it durable, before anything is sent that lets the target run the VM.
     before_point_of_no_return: Callable[[], None] = lambda: None
+
+
+def _keep(samples: list[dict[str, Any]], point: dict[str, Any]) -> None:
+    """Append; past HISTORY_POINTS (a long move) every other older sample goes, the latest stay."""
+    samples.append(point)
+    if len(samples) > HISTORY_POINTS:
+        recent = HISTORY_POINTS // 4
+        samples[:-recent] = samples[:-recent:2]
 
 
 def shared_bandwidth(cap: int, mirror_rate: float) -> int:
@@ -140,6 +161,8 @@ class SourceMigration:
         self._paused_seconds = 0.0  # spent resuming paused post-copies: the time limit grows by it
         self._stall_mark = 0.0  # the stall check counts from here (the end of the last recovery)
         self._moved: tuple[int, float] | None = None  # (bytes transferred, when that figure was first seen)
+        self.mirrors_ready: dict[str, dict[str, Any]] = {}  # each mirror's progress as it reached READY, by node
+        self.mirror_history: list[dict[str, Any]] = []  # {t (epoch), disk_remaining, disk_total} until all READY
 
     # -- the sequence ------------------------------------------------------------------------------
 
@@ -154,6 +177,7 @@ class SourceMigration:
             self._check_request()
             with self.session.subscribe(EVENTS) as events:
                 try:
+                    self._start_mirrors()
                     self._limit_time()
                     self._wait_mirrors(events)
                     self._configure()
@@ -206,13 +230,34 @@ class SourceMigration:
                                   f"{ram / MIB:.0f} MiB RAM and {disk / MIB:.0f} MiB disk at {mib_s(rate)}; "
                                   "on a slower link set max_bandwidth to its rate)")
 
+    def _start_mirrors(self) -> None:
+        """Start the mirror of each disk that has none yet (a re-run finds its mirrors running)."""
+        targets = [target for target in self.settings.mirrors_to_start
+                   if not _mirror.find_job(self.session, mirror_job(target.node))]
+        if targets:
+            self.phase = Phase.MIRROR_SYNC
+        for target in targets:
+            if not _mirror.node_exists(self.session, target.node):
+                raise MigrationFailed(self.phase, f"the VM has no block node {target.node} to mirror", True)
+            try:
+                _mirror.start_mirror(self.session, target.node, target.host, target.port, target.export,
+                                     target.copy_mode, target.speed, self.settings.tls)
+            except QMPError as exc:
+                raise MigrationFailed(self.phase, f"cannot start the mirror of {target.node} to {target.host}:"
+                                      f"{target.port}: {exc}", True) from exc
+
     def _wait_mirrors(self, events: Any) -> None:
-        """Every disk mirror must exist; wait (sampling as phase mirror-sync) until all are READY."""
+        """Every disk mirror must exist; wait (sampling as phase mirror-sync) until all are READY, failing after
+        the mirror timeout or once they copy nothing for the stall timeout (an NBD target that dropped off the
+        network never errors by itself)."""
         nodes = self.settings.mirrored_nodes
         if not nodes:
             return
         self.phase = Phase.MIRROR_SYNC
-        deadline = self._started + self.timeout
+        settings = self.settings
+        limit = self.timeout if settings.mirror_timeout is None else min(self.timeout, settings.mirror_timeout)
+        deadline = self._started + limit
+        moved: tuple[float, int] | None = None
         while True:
             jobs = self._jobs()
             for node in nodes:
@@ -221,13 +266,25 @@ class SourceMigration:
                     raise MigrationFailed(Phase.SETUP, f"the disk mirror of {node} is not ready: "
                                           f"{'no mirror job' if job is None else 'its job is ' + job['status']}",
                                           True)
+            remaining, total = self._disk_figures(jobs)
+            _keep(self.mirror_history, {"t": time.time(), "disk_remaining": remaining, "disk_total": total})
             if all(job.get("ready") for job in jobs.values()):
+                self.mirrors_ready = {node: _mirror.progress(jobs[mirror_job(node)]) for node in nodes}
                 return
             now = time.monotonic()
-            self._record(_progress.sample({}, now - self._started, self.phase.reported, None,
-                                          self._disk_figures(jobs)))
+            self._record(_progress.sample({}, now - self._started, self.phase.reported, None, (remaining, total)))
             if now > deadline:
+                if settings.mirror_timeout is not None and settings.mirror_timeout < self.timeout:
+                    raise MigrationFailed(self.phase, f"the disk mirrors were not in sync after "
+                                          f"{settings.mirror_timeout:g}s (the mirror timeout): {remaining} of "
+                                          f"{total} bytes left", True)
                 raise MigrationFailed(self.phase, self._timeout_message(), True)
+            copied = sum(job.get("offset", 0) for job in jobs.values())
+            if moved is None or copied != moved[1]:
+                moved = (now, copied)
+            elif now - moved[0] >= settings.stall_timeout:
+                raise MigrationFailed(self.phase, f"the disk mirrors copied nothing for {settings.stall_timeout:g}s "
+                                      f"(is the target reachable?): {remaining} of {total} bytes left", True)
             event = events.get(min(self.settings.sample_interval, max(deadline - now, 0.01)))
             if event is not None:
                 self._handle(event)
@@ -295,10 +352,7 @@ class SourceMigration:
         self._check_stall(now, point)
 
     def _record(self, point: dict[str, Any]) -> None:
-        self.history.append(point)
-        if len(self.history) > HISTORY_POINTS:  # a long move: every other older sample goes, the latest stay
-            recent = HISTORY_POINTS // 4
-            self.history[:-recent] = self.history[:-recent:2]
+        _keep(self.history, point)
         self._latest = point
         self._write_progress(point)
 
@@ -411,8 +465,8 @@ class SourceMigration:
                                       not self.phase.target_may_run)
         elif name in ("BLOCK_JOB_ERROR", *_mirror.JOB_END_EVENTS) \
                 and self.phase in (Phase.MIRROR_SYNC, Phase.PRE_COPY) and self._is_our_mirror(data):
-            raise MigrationFailed(Phase.SETUP if self.phase is Phase.MIRROR_SYNC else self.phase,
-                                  f"disk mirror {data['device']} stopped: {data.get('error') or name}", True)
+            raise MigrationFailed(self.phase, f"disk mirror {data['device']} stopped: {data.get('error') or name}",
+                                  True)
         return False
 
     def _postcopy_paused(self, info: dict[str, Any]) -> None:

@@ -139,6 +139,9 @@ def abort(session: QMPSession, node: str, timeout: float = 30.0) -> bool:
                     raise QMPTimeout(f"the mirror of {node} did not stop within {timeout:.0f}s", "block-job-cancel")
                 events.get(0.2)
     if node_exists(session, mirror_target(node)):
+        # blockdev-del drains the node in QEMU's main loop: requests stuck on a target that stopped answering
+        # would hold the whole QEMU (guest and monitor) until NBD gives up. The connection is thrown away anyway.
+        _yank(session, mirror_target(node))
         detach(session, mirror_target(node))
         changed = True
     return changed

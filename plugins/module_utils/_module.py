@@ -58,7 +58,8 @@ def run_module(argument_spec: dict[str, Any], handler: Callable[[Task], dict[str
     `changes_vm` (or a test of the parameters saying so): the module changes the VM named by its `name`, under the
     VM's lease on this host (`_lock`); it gets the option `lock_id`."""
     if changes_vm:
-        argument_spec = {**argument_spec, "lock_id": {"type": "str"}}
+        argument_spec = {**argument_spec, "lock_id": {"type": "str"},
+                         "lock_release": {"type": "bool", "default": False}}
     if host_required:
         for key, pairs in HOST_CHOICE.items():
             kwargs[key] = [*pairs, *kwargs.get(key, [])]
@@ -86,6 +87,13 @@ class Task:
         self.params: dict[str, Any] = module.params
         self.check_mode: bool = module.check_mode
 
+    def with_params(self, **params: Any) -> Task:
+        """The same run with other parameters: one module call that does several modules' work (one per host and
+        phase of a move) hands each step the parameters that step's own module would get."""
+        step = Task(self._module)
+        step.params = {**self.params, **params}
+        return step
+
     @property
     def host(self) -> dict[str, Any]:
         """The host's locations and QEMU, from the `host` option or from the separate options."""
@@ -112,7 +120,8 @@ class Task:
             if held and held["id"] != self.params.get("lock_id"):
                 raise _lock.refusal(self.paths, held)
             return contextlib.nullcontext()
-        return _lock.held(self.paths, self.params.get("lock_id"), self._module._name or "livemig.qemu module")
+        return _lock.held(self.paths, self.params.get("lock_id"), self._module._name or "livemig.qemu module",
+                          give_back=bool(self.params.get("lock_release")))
 
     @contextlib.contextmanager
     def qmp(self, path: str) -> Iterator[QMPSession]:

@@ -17,7 +17,7 @@ MIB = 1048576
 EPOCH_FLOOR = 1e9  # a sample time below this counts from the migration's start, not from the epoch
 # The registered results each family of methods hands over, by the name the role gives them.
 STEPS = {
-    "live": ("migration", "resumed", "mirrors"),
+    "live": ("migration", "resumed"),
     "stateful": ("saved", "loaded", "restored", "copies"),
     "cold": ("stopped_at", "resumed_at", "shutdown", "copies"),
 }
@@ -50,16 +50,17 @@ def _items(loop: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _live(steps: dict[str, Any]) -> dict[str, Any]:
-    statistics = steps["migration"].get("statistics", {})
+    """qemu_migrate started the mirrors, waited for them and migrated in one job: its result holds them all."""
+    migration = steps["migration"]
+    statistics = migration.get("statistics", {})
     allocated = steps["resumed"].get("disk_allocated", {})
-    mirrors = _items(steps["mirrors"])
-    history = [sample for mirror in mirrors for sample in mirror.get("history") or []]
+    history = migration.get("mirror_history") or []
     return {
         "source_stop_time": statistics.get("source_stop_time"),
         "target_resume_time": steps["resumed"].get("resume_time"),
         "disk_bytes": sum(allocated.values()),
         "disk_allocated": allocated,
-        "mirrors": [mirror.get("progress", {}) for mirror in mirrors],
+        "mirrors": list(migration.get("mirrors") or []),
         "statistics": statistics,
         "mirror_history": sorted(history, key=lambda sample: sample["t"]),
     }

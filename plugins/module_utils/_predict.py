@@ -6,8 +6,9 @@ stands still, and which strategy `auto` should pick.
 Private to the livemig.qemu collection. Pure functions, no I/O. Rates are bytes/s, times seconds, freezes ms; the
 answers are plain JSON types (the plan is an Ansible fact).
 
-The model, kept simple enough to explain in a sentence each. R is the migration rate: the measured link rate, or the
-cap (livemig_max_bandwidth) when that is lower.
+The model, kept simple enough to explain in a sentence each. R is the migration rate: the lowest of the measured link
+rate, the rate QEMU's own stream last reached from this host to this target when the host held it back
+(`_streamcache`; under TCG or with TLS QEMU sends far slower than the link test) and the cap (livemig_max_bandwidth).
 
 - Disk mirror first: the allocated bytes D of the local disks while the guest writes w bytes/s to them:
   D / (R - w) seconds; it never catches up when w >= R.
@@ -43,13 +44,15 @@ MAX_PASSES = 30
 THROTTLE_INITIAL = 20  # QEMU's cpu-throttle-initial and cpu-throttle-increment defaults
 THROTTLE_INCREMENT = 10
 STARVED_PERCENT = 50
-OPTIONAL_FIGURES = ("link_rate", "ram_nonzero_bytes", "working_set_bytes")
+STREAM = "QEMU's stream, as last measured from this host to this target"
+OPTIONAL_FIGURES = ("link_rate", "ram_nonzero_bytes", "working_set_bytes", "stream_rate")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Measurements:
     """What was measured on the source before the move. None for ram_nonzero_bytes means unknown (all of the RAM);
-    None for working_set_bytes means unknown (no bound); None or 0 for link_rate means not measured."""
+    None for working_set_bytes means unknown (no bound); None or 0 for link_rate means not measured, for stream_rate
+    no ceiling known."""
     ram_bytes: int
     link_rate: float | None
     ram_nonzero_bytes: int | None = None
@@ -58,10 +61,11 @@ class Measurements:
     working_set_bytes: int | None = None
     cap: float = 0.0
     disk_write_rate: float = 0.0
+    stream_rate: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("ram_bytes", "link_rate", "ram_nonzero_bytes", "disk_bytes", "dirty_rate", "working_set_bytes",
-                     "cap", "disk_write_rate"):
+                     "cap", "disk_write_rate", "stream_rate"):
             value = getattr(self, name)
             if value is None and name in OPTIONAL_FIGURES:
                 continue
@@ -72,15 +76,31 @@ class Measurements:
     def nonzero(self) -> float:
         return self.ram_bytes if self.ram_nonzero_bytes is None else min(self.ram_nonzero_bytes, self.ram_bytes)
 
+    def _rates(self) -> dict[str, float]:
+        """The rates that bound the move, by name, the link's first (it wins a tie); the cap counts only beside a
+        measured one."""
+        rates = {name: float(rate) for name, rate in (("link", self.link_rate), ("stream", self.stream_rate)) if rate}
+        if rates and self.cap:
+            rates["cap"] = float(self.cap)
+        return rates
+
+    @property
+    def limited_by(self) -> str | None:
+        """What sets the migration rate: "link", "stream" (QEMU's own ceiling) or "cap"; None when neither the link
+        nor the stream was measured."""
+        rates = self._rates()
+        return min(rates, key=rates.__getitem__) if rates else None
+
     @property
     def rate(self) -> float:
-        """The migration rate: the link's, or the cap when that is lower."""
-        link = self.link_rate or 0.0
-        return min(link, self.cap) if self.cap and link else link
+        """The migration rate: the lowest of the link's, QEMU's stream ceiling and the cap; 0 when not measured."""
+        return min(self._rates().values(), default=0.0)
 
     def rate_words(self) -> str:
-        if self.cap and self.link_rate and self.cap < self.link_rate:
+        if self.limited_by == "cap":
             return f"the {mib_s(self.cap)} cap (livemig_max_bandwidth)"
+        if self.limited_by == "stream":
+            return f"{STREAM}, {mib_s(self.rate)}"
         return f"the link's {mib_s(self.rate)}"
 
 
@@ -218,8 +238,8 @@ def _stateful_entry(measured: Measurements, settings: PredictSettings) -> dict[s
 def predict(measured: Measurements, settings: PredictSettings | None = None) -> dict[str, Any]:
     """Every strategy's prediction, by name (STRATEGIES), plus the figures they share."""
     settings = settings or PredictSettings()
-    shared = {"predicted": False, "rate": measured.rate or None, "mirror_s": None, "bound_s": None,
-              "downtime_needed_ms": None, "max_downtime_ms": settings.max_downtime_ms}
+    shared = {"predicted": False, "rate": measured.rate or None, "limited_by": measured.limited_by, "mirror_s": None,
+              "bound_s": None, "downtime_needed_ms": None, "max_downtime_ms": settings.max_downtime_ms}
     if not measured.rate:
         reason = "no link rate was measured between the migration addresses, so there is no prediction"
         return {**shared, **{name: _entry(False, reason) for name in STRATEGIES}}
@@ -290,7 +310,9 @@ def summary_lines(prediction: dict[str, Any]) -> list[str]:
     if not prediction["predicted"]:
         return [f"prediction: none ({prediction['precopy']['reason']})"]
     mirror = "never catches up" if prediction["mirror_s"] is None else f"{prediction['mirror_s']:.1f} s"
-    lines = [f"prediction at {mib_s(prediction['rate'])}: bound {prediction['bound_s']:.1f} s, disk mirror {mirror}"]
+    source = f" ({STREAM})" if prediction.get("limited_by") == "stream" else ""
+    lines = [f"prediction at {mib_s(prediction['rate'])}{source}: bound {prediction['bound_s']:.1f} s, disk mirror "
+             f"{mirror}"]
     for name in STRATEGIES:
         entry, label = prediction[name], LABELS[name]
         if not entry["converges"]:

@@ -11,10 +11,10 @@ import time
 import uuid
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _mirror, _tlsqemu
+from ansible_collections.livemig.qemu.plugins.module_utils import _mirror, _streamcache, _tlsqemu
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._migration import (
-    MANAGED_PARAMETERS, MigrationFailed, MigrationSettings, SourceMigration)
+    MANAGED_PARAMETERS, MigrationFailed, MigrationSettings, MirrorTarget, SourceMigration)
 from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import (
     ACTIVE, PAUSED, POSTCOPY, POSTCOPY_RECOVERY, abort_mirrors, cancel, check_request,
     resume_if_paused)
@@ -41,6 +41,7 @@ def migrate(task: Any, session: QMPSession) -> dict[str, Any]:
     try:
         check_request(session, params["capabilities"], params["parameters"], MANAGED_PARAMETERS)
         tls = _tlsqemu.client(params)
+        mirrors = mirror_targets(params)
     except LivemigError as exc:
         raise exc.about(f"VM {paths.vm}") from exc
     if task.check_mode:
@@ -50,7 +51,8 @@ def migrate(task: Any, session: QMPSession) -> dict[str, Any]:
     migration_id = params["migration_id"] or uuid.uuid4().hex
     mark_source(paths.record, paths.vm, migration_id, params["target_name"], "started")
     settings = MigrationSettings(
-        uri=params["uri"], mirrored_nodes=[node_name(disk) for disk in params["disks"]],
+        uri=params["uri"], mirrored_nodes=[node_name(disk) for disk in params["disks"]], mirrors_to_start=mirrors,
+        mirror_timeout=(params["mirror"] or {}).get("timeout"),
         max_bandwidth=params["max_bandwidth"], downtime_limit_ms=params["downtime_limit_ms"],
         convergence=params["convergence"], capabilities=params["capabilities"], parameters=params["parameters"],
         tls=tls, timeout=params["timeout"], stall_timeout=params["stall_timeout"],
@@ -58,8 +60,9 @@ def migrate(task: Any, session: QMPSession) -> dict[str, Any]:
         recovery_uri=params["recovery_uri"], recovery_timeout=params["recovery_timeout"],
         before_point_of_no_return=lambda: mark_source(paths.record, paths.vm, migration_id, params["target_name"],
                                                       "switchover"))
+    migration = SourceMigration(session, settings)
     try:
-        statistics = SourceMigration(session, settings).run()
+        statistics = migration.run()
     except MigrationFailed as exc:
         if not exc.target_may_have_run:
             mark_source(paths.record, paths.vm, migration_id, params["target_name"], "rolled-back")
@@ -69,8 +72,34 @@ def migrate(task: Any, session: QMPSession) -> dict[str, Any]:
         record.owner = False
         record.handed_over_to = params["target_name"]
         record.migration.update(phase="completed", at=time.time())
+    remember_stream_rate(task, statistics, migration_id, tls is not None)
     return {"changed": True, "statistics": statistics, "progress_file": paths.progress,
-            "migration_id": migration_id}
+            "migration_id": migration_id, "mirrors": list(migration.mirrors_ready.values()),
+            "mirror_history": migration.mirror_history}
+
+
+def remember_stream_rate(task: Any, statistics: dict[str, Any], migration_id: str, tls: bool) -> None:
+    """Keep what this move's stream carried, for the next prediction of a move to this target (the probe reads
+    it back). A recovered post-copy's time holds its wait for the link: it says nothing about the stream."""
+    params = task.params
+    if statistics.get("recoveries"):
+        return
+    key = _streamcache.migration_key(params["uri"], tls, params["capabilities"], params["parameters"])
+    _streamcache.record(task.paths.run_dir, key, _streamcache.achieved_rate(statistics.get("query_migrate")),
+                        params["link_rate"], migration_id, time.time(), cap=params["max_bandwidth"])
+
+
+def mirror_targets(params: dict[str, Any]) -> list[MirrorTarget]:
+    """The mirrors to start, one per disk, into the target's NBD exports that the `mirror` option names."""
+    mirror = params["mirror"]
+    if not mirror:
+        return []
+    missing = [disk for disk in params["disks"] if disk not in mirror["exports"]]
+    if missing:
+        raise LivemigError(f"mirror.exports names no export for the disks {', '.join(missing)}: give one per disk "
+                           "of disks, as qemu_nbd_export or qemu_vm (nbd_export) returned them")
+    return [MirrorTarget(node_name(disk), mirror["nbd_host"], mirror["nbd_port"], mirror["exports"][disk],
+                         mirror["copy_mode"], mirror["speed"]) for disk in params["disks"]]
 
 
 def cancelled(task: Any, session: QMPSession) -> dict[str, Any]:

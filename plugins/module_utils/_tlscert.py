@@ -397,6 +397,13 @@ def tls_problems(source_tls: dict[str, Any] | None, target_tls: dict[str, Any] |
     return problems, info
 
 
+def host_client_dn(host: str, tls: dict[str, Any] | None) -> str | None:
+    """The subject of one host's client certificate, as the other host's authz admits it; None when its TLS
+    directory does not give one (the plan, which compares both hosts, says why)."""
+    side = host_tls(host, tls, [])
+    return None if side is None else client_dn(side, [])
+
+
 def host_tls(host: str, tls: dict[str, Any] | None, problems: list[str]) -> HostTLS | None:
     """The host's parsed certificates; None, with the problems noted, when they are not all there."""
     tls = tls or {}

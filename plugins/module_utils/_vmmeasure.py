@@ -2,8 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """What a live move of a VM that runs on this host would carry, measured before the move: how fast the guest dirties
 its RAM and writes its local disks, how much of its RAM was ever touched, how much of its disks is allocated, and,
-against the target's listener, what the migration network carries (`_linktest`). The qemu_migration_probe module's
-state=measured.
+against the target's listener, what the migration network carries (`_linktest`); beside them the rate QEMU's own
+stream last reached to that target (`_streamcache`). The qemu_migration_probe module's state=measured.
 
 Private to the livemig.qemu collection. Read-only for the VM. A dirty rate, a resident size or a link test that
 cannot be measured is reported as None with the reason beside it, not as a failure: the planner then says why it
@@ -16,7 +16,7 @@ import re
 import time
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _linktest, _tlsqemu, _vmhost
+from ansible_collections.livemig.qemu.plugins.module_utils import _linktest, _streamcache, _tlsqemu, _vmhost
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import device_id, file_node, node_name
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
@@ -35,6 +35,7 @@ KVM_MODES = ("dirty-ring", "dirty-bitmap", "page-sampling")  # dirty-ring only w
 MEASURABLE = ("running", "paused")
 MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")
 SMAPS_FIELD = re.compile(r"^(Size|Rss|Swap):\s+(\d+) kB")
+SOURCE_KEYS = ("migration_id", "when", "bound", "link_rate", "cap")
 LINK_KEYS = ("link_rate", "link_bytes", "link_seconds", "link_sender_bytes", "link_sender_seconds", "link_refused")
 
 
@@ -45,6 +46,7 @@ def measured(task: Any) -> dict[str, Any]:
         if not low <= params[option] <= MAX_SECONDS:
             raise LivemigError(f"{option} must be between {low:g} and {MAX_SECONDS:g} seconds, got {params[option]}")
     peer = _peer(params)
+    stream = _stream_key(params)
     tls = _tlsqemu.client(params)
     paths = task.paths
     pid = _vmhost.running_pid(paths)
@@ -58,6 +60,7 @@ def measured(task: Any) -> dict[str, Any]:
                                "the host that runs it, or wait until its migration has ended")
         measurements = measure_vm(session, pid, params["disks"], params["dirty_rate_seconds"])
     measurements.update(_link(peer, params["link_seconds"], tls))
+    measurements.update(_stream_ceiling(paths.run_dir, stream))
     return {"changed": False, "status": status, "measurements": measurements,
             "msg": f"VM {paths.vm}: {summary(measurements)}"}
 
@@ -72,6 +75,27 @@ def _peer(params: dict[str, Any]) -> tuple[str, int, str] | None:
     if not _linktest.TOKEN.fullmatch(token or ""):
         raise LivemigError("token must be the 64 hexadecimal digits state=listening returned on the target")
     return address, port, token
+
+
+def _stream_key(params: dict[str, Any]) -> _streamcache.StreamKey | None:
+    """The key of the stream a move to peer_address would open; None without a peer address. The transport is TLS
+    when tls_dir is given, unless `transport` says otherwise."""
+    if not (params["peer_address"] or "").strip("[]"):
+        return None
+    transport = params["transport"] or ("tls" if params["tls_dir"] else "tcp")
+    try:
+        return _streamcache.stream_key(params["peer_address"], transport, params["multifd_channels"],
+                                       params["multifd_compression"])
+    except ValueError as exc:
+        raise LivemigError(str(exc)) from None
+
+
+def _stream_ceiling(run_dir: str, key: _streamcache.StreamKey | None) -> dict[str, Any]:
+    """{stream_rate, stream_rate_source}: the ceiling of QEMU's stream to this target, from the last move that this
+    host recorded (only a host-bound stream sets one), and where it comes from."""
+    entry = _streamcache.recall(run_dir, key) if key is not None else None
+    source = None if entry is None else {name: entry.get(name) for name in SOURCE_KEYS}
+    return {"stream_rate": _streamcache.ceiling(entry), "stream_rate_source": source}
 
 
 def _link(peer: tuple[str, int, str] | None, seconds: float, tls: _tlsqemu.Client | None) -> dict[str, Any]:
@@ -231,6 +255,8 @@ def summary(measurements: dict[str, Any]) -> str:
              f"disks {_mib(measurements['disk_bytes'])} allocated",
              f"link {_mib(measurements['link_rate'])}/s" if measurements["link_rate"] is not None
              else f"link not measured: {measurements['link_error']}"]
+    if measurements.get("stream_rate") is not None:
+        parts.append(f"QEMU's stream last reached {_mib(measurements['stream_rate'])}/s to this target")
     return ", ".join(parts)
 
 

@@ -64,10 +64,56 @@ options:
     description: Migration URI on the target, as returned by M(livemig.qemu.qemu_migrate_incoming).
     type: str
   disks:
-    description: Names of the disks mirrored with M(livemig.qemu.qemu_block_mirror); they are finished at switchover.
+    description:
+      - Names of the disks mirrored to the target; they are finished at switchover.
+      - Their mirrors are started here with O(mirror), or were started before with M(livemig.qemu.qemu_block_mirror).
     type: list
     elements: str
     default: []
+  mirror:
+    description:
+      - Start the mirror of each disk of O(disks) into the target's NBD exports first, and wait until all are in sync
+        (READY) before any RAM moves, all in this one run. A mirror already running (a re-run) is kept.
+      - With O(tls_dir) the mirrors connect over TLS with the same credentials and O(tls_hostname) as the migration.
+      - A mirror that copies nothing for O(stall_timeout), or is not in sync after O(mirror.timeout), fails the
+        run with RV(phase=mirror-sync); the mirrors are aborted and the VM keeps running here.
+    type: dict
+    version_added: 0.3.0
+    suboptions:
+      nbd_host:
+        description: The target's NBD server address.
+        type: str
+        required: true
+      nbd_port:
+        description: The target's NBD server port.
+        type: int
+        required: true
+      exports:
+        description: The export name of each disk of O(disks) on the target, by disk name.
+        type: dict
+        required: true
+      copy_mode:
+        description: V(background) copies the guest's writes later; V(write-blocking) writes them to both sides at
+          once (the mirror converges whatever the guest writes, its writes wait for the link).
+        type: str
+        choices: [background, write-blocking]
+        default: background
+      speed:
+        description: Bytes per second each mirror may copy; V(0) is no limit.
+        type: int
+        default: 0
+      timeout:
+        description: Seconds the mirrors may take to be in sync.
+        type: float
+        default: 3600
+  link_rate:
+    description:
+      - Bytes per second the link test measured before this move (RV(livemig.qemu.qemu_migration_probe#module:measurements.link_rate)).
+      - With it, a completed move keeps the rate its stream achieved in C(<run_dir>/.livemig-streams/), so that
+        the next prediction of a move to this target knows QEMU's own ceiling (a stream far below the link was held
+        back by this host, not by the link).
+    type: float
+    version_added: 0.3.0
   target_name:
     description: Name of the target host, recorded as the new owner.
     type: str
@@ -182,6 +228,21 @@ EXAMPLES = r"""
   poll: 2
   register: migration
 
+- name: Mirror the local disk into the target's NBD export, then migrate, in one job
+  livemig.qemu.qemu_migrate:
+    name: web1
+    run_dir: /run/livemig
+    uri: "{{ target.incoming.uri }}"
+    disks: [root]
+    mirror:
+      nbd_host: "{{ target.nbd.host }}"
+      nbd_port: "{{ target.nbd.port }}"
+      exports: "{{ target.nbd.exports }}"
+    target_name: hv2
+  async: 3600
+  poll: 0
+  register: migration_job
+
 - name: Migrate a busy VM over a 1 Gbit/s link, with post-copy as the last resort
   livemig.qemu.qemu_migrate:
     name: db1
@@ -229,6 +290,20 @@ progress_file:
       the VM's QEMU stops.
   returned: when a migration ran
   type: str
+mirrors:
+  description: Each disk mirror's progress as it reached READY (C(job), C(offset), C(len), C(remaining)), with
+    O(disks).
+  returned: when a migration completed
+  type: list
+  elements: dict
+  version_added: 0.3.0
+mirror_history:
+  description: What the disk mirrors had left to copy (C(t) epoch seconds, C(disk_remaining), C(disk_total) bytes),
+    ten samples a second until all were READY.
+  returned: when a migration completed
+  type: list
+  elements: dict
+  version_added: 0.3.0
 phase:
   description: Where a failed migration stopped (C(setup), C(mirror-sync), C(pre-copy), C(switchover),
     C(post-copy)). After C(post-copy) the source must not be resumed.
@@ -257,7 +332,16 @@ def main() -> None:
             state={"type": "str", "default": "completed", "choices": ["completed", "cancelled"]},
             uri={"type": "str"},
             disks={"type": "list", "elements": "str", "default": []},
+            mirror={"type": "dict", "options": {
+                "nbd_host": {"type": "str", "required": True},
+                "nbd_port": {"type": "int", "required": True},
+                "exports": {"type": "dict", "required": True, "no_log": False},
+                "copy_mode": {"type": "str", "default": "background", "choices": ["background", "write-blocking"]},
+                "speed": {"type": "int", "default": 0},
+                "timeout": {"type": "float", "default": 3600},
+            }},
             target_name={"type": "str"},
+            link_rate={"type": "float"},
             max_bandwidth={"type": "int", "default": 0},
             downtime_limit_ms={"type": "int", "default": 300},
             convergence={"type": "str", "default": "auto", "choices": ["defaults", "auto", "postcopy-early"]},

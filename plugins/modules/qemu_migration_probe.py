@@ -22,6 +22,12 @@ description:
     reads the size of the RAM and how much of it the guest ever touched, and the bytes allocated on each disk of
     O(disks). Then it sends random bytes to the listener at O(peer_address):O(peer_port). With O(tls_dir) it sends
     over TLS, as a TLS move would.
+  - O(state=measured) also returns the rate QEMU's own migration stream reached in the last live move from this host
+    to O(peer_address) over the same transport and multifd setting (RV(measurements.stream_rate)). The source
+    records it in C(<run_dir>/.livemig-streams/) after each completed move; a figure older than 30 days is ignored.
+    A move whose stream reached 85 % of the link rate measured before it (or of its bandwidth cap) was held back by
+    the link, not by this host, and sets no rate. Under TCG or with TLS QEMU sends far slower than the link test, so
+    the prediction goes by the lower of the two.
   - A dirty rate or link rate that cannot be measured (no listener, refused, timed out) does not fail the task. The
     figure is null and the reason is beside it (RV(measurements.dirty_rate_error), RV(measurements.link_error)), so
     the plan can say why it has no prediction. A VM that does not run on this host fails the task.
@@ -106,6 +112,29 @@ options:
         (RV(measurements.dirty_rate_seconds)).
     type: float
     default: 1.0
+  transport:
+    description:
+      - With O(state=measured), the transport of the move to predict, which selects the recorded stream rate
+        (RV(measurements.stream_rate)).
+      - Default V(tls) when O(tls_dir) is given, else V(tcp), as the link test itself runs.
+    type: str
+    choices: [tls, tcp]
+    version_added: 0.3.0
+  multifd_channels:
+    description:
+      - With O(state=measured), the multifd channels of the move to predict; V(0) for a single stream (no multifd).
+      - Selects the recorded stream rate, like O(transport).
+    type: int
+    default: 0
+    version_added: 0.3.0
+  multifd_compression:
+    description:
+      - With O(state=measured), the multifd compression of the move to predict, for example V(none), V(zlib) or
+        V(zstd); it counts as V(none) with O(multifd_channels=0).
+      - Selects the recorded stream rate, like O(transport).
+    type: str
+    default: none
+    version_added: 0.3.0
 requirements:
   - qemu.qmp (Python library on the managed host), for O(state=measured)
 author:
@@ -248,12 +277,31 @@ measurements:
       description: Why the link was not measured; null when it was.
       type: str
       sample: "cannot connect to the listener at 198.18.0.2:40713: Connection refused (is it listening there, ...)"
+    stream_rate:
+      description:
+        - Bytes per second QEMU's migration stream carried while the guest ran, in the last move from this host to
+          O(peer_address) with the same O(transport), O(multifd_channels) and O(multifd_compression) whose stream
+          this host held back (not the link or the cap). It is the ceiling of the next move's rate.
+        - Null when no such move was recorded in the last 30 days, or when the last one was held back by the link
+          or the cap and no earlier one set a lower ceiling.
+      type: float
+      sample: 220200960.0
+      version_added: 0.3.0
+    stream_rate_source:
+      description:
+        - The recorded move the stream rate comes from, or the last move when none sets a rate; null when none was
+          recorded in the last 30 days.
+        - C(migration_id) of that move, C(when) it completed (epoch seconds), C(bound) (V(host), V(link) or V(cap),
+          what held its stream back), the C(link_rate) measured before it and its bandwidth C(cap) (V(0) for none).
+      type: dict
+      sample: {migration_id: web1-1733230000, when: 1733230012.5, bound: host, link_rate: 1181116006, cap: 0}
+      version_added: 0.3.0
 msg:
   description: What the task did, or the measurements in one line.
   returned: always
   type: str
   sample: "VM web1: dirties 16.0 MiB/s (page-sampling), writes 0.1 MiB/s to its disks, RAM 256.0 MiB (110.0 MiB
-    touched), disks 256.0 MiB allocated, link 1126.4 MiB/s"
+    touched), disks 256.0 MiB allocated, link 1126.4 MiB/s, QEMU's stream last reached 210.0 MiB/s to this target"
 """
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _linktest, _vmmeasure
@@ -275,6 +323,9 @@ def main() -> None:
         token={"type": "str", "no_log": False},
         link_seconds={"type": "float", "default": 1.0},
         dirty_rate_seconds={"type": "float", "default": 1.0},
+        transport={"type": "str", "choices": ["tls", "tcp"]},
+        multifd_channels={"type": "int", "default": 0},
+        multifd_compression={"type": "str", "default": "none"},
         **{**SERVER_OPTIONS, **CLIENT_OPTIONS},
     )
     # The target's listener belongs to no VM, hence no VM name and no host locations.

@@ -100,6 +100,64 @@ options:
     description: With O(state=stopped), seconds to wait for the guest to power off before QEMU is told to quit.
     type: float
     default: 120
+  nbd_export:
+    description:
+      - With O(state=incoming), also export the fresh local disks over NBD from the new QEMU, for the source's
+        mirrors to write into, as M(livemig.qemu.qemu_nbd_export) does (see there), in the same call.
+      - The server and its exports go when the target takes the VM over (O(state=running)) or is removed.
+    type: dict
+    version_added: 0.3.0
+    suboptions:
+      address:
+        description: Address to bind the NBD server to (the host's migration address; never all addresses).
+        type: str
+        required: true
+      port:
+        description: TCP port; V(0) picks a free one.
+        type: int
+        default: 0
+      disks:
+        description: Names of the VM's disks to export.
+        type: list
+        elements: str
+        default: []
+      tls_dir:
+        description: This host's TLS directory in QEMU's x509 layout; the server then speaks only TLS.
+        type: path
+      tls_peer_dn:
+        description: With O(nbd_export.tls_dir), the subject of the only client certificate admitted (the source's).
+        type: str
+  listen:
+    description:
+      - With O(state=incoming), also listen for the migration at once, as M(livemig.qemu.qemu_migrate_incoming)
+        with O(livemig.qemu.qemu_migrate_incoming#module:state=listening) does (see there), in the same call. The
+        listener serves one migration; it also picks the port where a paused post-copy is resumed.
+    type: dict
+    version_added: 0.3.0
+    suboptions:
+      address:
+        description: Address to listen on (the host's migration address; never all addresses).
+        type: str
+        required: true
+      port:
+        description: TCP port; V(0) picks a free one.
+        type: int
+        default: 0
+      capabilities:
+        description: Migration capabilities to switch on here, the same as on the source.
+        type: list
+        elements: str
+        default: []
+      parameters:
+        description: Migration parameters to set here (multifd channels and compression, for example).
+        type: dict
+        default: {}
+      tls_dir:
+        description: This host's TLS directory in QEMU's x509 layout; the migration stream is then TLS only.
+        type: path
+      tls_peer_dn:
+        description: With O(listen.tls_dir), the subject of the only client certificate admitted (the source's).
+        type: str
 requirements:
   - QEMU, O(qemu_binary) (Debian package qemu-system-x86), and qemu-img (Debian package qemu-utils) to create disks
   - iproute2 (C(ip)) for VMs with NICs, OVMF (Debian package ovmf) for VMs with firmware uefi
@@ -126,6 +184,25 @@ EXAMPLES = r"""
     migration_target: true
     machine: pc-q35-10.0
     accel: kvm
+
+- name: Start the target, export its fresh disk and listen for the migration, in one call
+  livemig.qemu.qemu_vm:
+    name: web1
+    state: incoming
+    spec: "{{ livemig_vms['web1'] }}"
+    host:
+      run_dir: /run/livemig
+      image_dir: /var/lib/livemig/images
+    migration_target: true
+    machine: pc-q35-10.0
+    accel: kvm
+    nbd_export:
+      address: 192.0.2.12
+      disks: [root]
+    listen:
+      address: 192.0.2.12
+      capabilities: [postcopy-ram]
+  register: target
 
 - name: Stop it, keeping its disks
   livemig.qemu.qemu_vm:
@@ -179,6 +256,20 @@ taps_removed:
   returned: when QEMU was stopped or removed and the record listed taps
   type: list
   elements: str
+nbd:
+  description: With O(nbd_export), the NBD server's C(host), C(port) and C(exports) (export name by disk name).
+  returned: when O(nbd_export) is given, except in check mode before QEMU runs
+  type: dict
+  version_added: 0.3.0
+  sample: {"host": "192.0.2.12", "port": 40211, "exports": {"root": "root-3q2Xk9yWcPj1s0bq"}}
+incoming:
+  description:
+    - With O(listen), where the migration is listened for, C(uri) and C(port), and C(recovery_uri), where a paused
+      post-copy is resumed.
+  returned: when O(listen) is given, except in check mode before QEMU runs
+  type: dict
+  version_added: 0.3.0
+  sample: {"uri": "tcp:192.0.2.12:40219", "port": 40219, "recovery_uri": "tcp:192.0.2.12:40227"}
 stopped_by:
   description: How QEMU ended (C(powerdown), C(quit) or C(kill)).
   returned: when QEMU was stopped
@@ -187,6 +278,7 @@ stopped_by:
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _lifecycle
 from ansible_collections.livemig.qemu.plugins.module_utils._module import run_module, vm_argument_spec
+from ansible_collections.livemig.qemu.plugins.module_utils._tlsqemu import SERVER_OPTIONS
 
 
 def main() -> None:
@@ -203,6 +295,19 @@ def main() -> None:
             disk_sizes={"type": "dict", "default": {}},
             keep_disks={"type": "bool", "default": False},
             powerdown_timeout={"type": "float", "default": 120},
+            nbd_export={"type": "dict", "options": {
+                "address": {"type": "str", "required": True},
+                "port": {"type": "int", "default": 0},
+                "disks": {"type": "list", "elements": "str", "default": []},
+                **SERVER_OPTIONS,
+            }},
+            listen={"type": "dict", "options": {
+                "address": {"type": "str", "required": True},
+                "port": {"type": "int", "default": 0},
+                "capabilities": {"type": "list", "elements": "str", "default": []},
+                "parameters": {"type": "dict", "default": {}},
+                **SERVER_OPTIONS,
+            }},
         ),
         _lifecycle.run,
         supports_check_mode=True,

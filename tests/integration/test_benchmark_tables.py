@@ -42,6 +42,57 @@ def test_every_default_policy_exists_and_every_one_of_ours_has_a_libvirt_baselin
     assert bench.POLICIES["auto-postcopy"] == {"livemig_convergence": "auto", "livemig_allow_postcopy": True}
 
 
+def test_each_libvirt_policy_over_tls_is_its_cleartext_sibling_plus_tls():
+    for policy in ("libvirt", "libvirt-autoconverge", "libvirt-postcopy"):
+        assert bench.POLICIES[f"{policy}-tls"]["virsh"] == bench.POLICIES[policy]["virsh"] + ["--tls"]
+        assert (bench.transport(policy), bench.transport(f"{policy}-tls")) == ("tcp", "tls")
+        assert {policy, f"{policy}-tls"} <= set(bench.DEFAULT_POLICIES)
+
+
+def test_our_policies_move_over_tls_unless_they_ask_for_tcp():
+    assert {policy for policy in bench.BASELINES if bench.transport(policy) == "tcp"} == {"stateful-tcp", "auto-tcp"}
+
+
+def test_each_of_our_policies_is_compared_only_with_libvirt_over_its_own_transport():
+    for policy in bench.BASELINES:
+        candidates = bench.baseline_candidates(policy)
+        assert candidates and all(bench.is_libvirt(name) for name in candidates), policy
+        assert {bench.transport(name) for name in candidates} == {bench.transport(policy)}, policy
+    assert bench.baseline_candidates("auto") == ["libvirt-autoconverge-tls", "libvirt-tls"]
+    assert bench.baseline_candidates("auto-tcp") == ["libvirt-autoconverge", "libvirt"]
+    assert bench.baseline_candidates("auto-postcopy") == ["libvirt-postcopy-tls", "libvirt-tls"]
+    assert bench.baseline_candidates("stateful") == ["libvirt-tls"]
+    assert bench.baseline_candidates("stateful-tcp") == ["libvirt"]
+
+
+def test_ratios_take_the_baseline_of_the_same_transport():
+    cases = [case("auto", total_time_s=6.0), case("auto-tcp", total_time_s=3.0),
+             case("libvirt-autoconverge", total_time_s=2.0), case("libvirt-autoconverge-tls", total_time_s=4.0)]
+    rows = {row["policy"]: row for row in bench.ratios(cases)}
+    assert rows["auto"]["baseline"] == "libvirt-autoconverge-tls" and rows["auto"]["total_time_s"] == 1.5
+    assert rows["auto-tcp"]["baseline"] == "libvirt-autoconverge" and rows["auto-tcp"]["total_time_s"] == 1.5
+
+
+def test_plain_libvirt_of_the_same_transport_stands_in_for_a_missing_baseline_and_the_other_transport_never():
+    cases = [case("auto", total_time_s=6.0), case("auto-tcp", total_time_s=3.0),
+             case("libvirt-autoconverge", total_time_s=2.0), case("libvirt-tls", total_time_s=3.0)]
+    rows = {row["policy"]: row for row in bench.ratios(cases)}
+    assert rows["auto"]["baseline"] == "libvirt-tls" and rows["auto"]["total_time_s"] == 2.0
+    assert rows["auto-tcp"]["baseline"] == "libvirt-autoconverge"
+    only_cleartext = bench.ratios([case("auto", total_time_s=6.0), case("libvirt-autoconverge", total_time_s=2.0),
+                                   case("libvirt", total_time_s=2.0)])
+    assert only_cleartext == [], "a TLS move is never compared with a cleartext one"
+
+
+def test_the_ratio_table_names_the_baseline_of_every_row():
+    cases = [case("auto", guest_visible_downtime_ms=200.0), case("auto-tcp", guest_visible_downtime_ms=90.0),
+             case("libvirt-autoconverge", guest_visible_downtime_ms=90.0),
+             case("libvirt-autoconverge-tls", guest_visible_downtime_ms=100.0)]
+    table = bench.ratio_table(bench.ratios(cases))
+    assert "| auto | libvirt-autoconverge-tls | light | words | unlimited | 2 |" in table
+    assert "| auto-tcp | libvirt-autoconverge | light | words | unlimited | 1 |" in table
+
+
 def test_only_compression_and_xbzrle_depend_on_the_fill():
     shrinking = {policy for policy in bench.POLICIES if bench.shrinks_pages(policy)}
     assert shrinking == {"auto-multifd-zstd", "auto-xbzrle"}
@@ -50,37 +101,42 @@ def test_only_compression_and_xbzrle_depend_on_the_fill():
 def test_the_words_fill_runs_every_policy_and_the_random_fill_those_that_shrink_pages_and_their_baseline():
     policies = list(bench.DEFAULT_POLICIES)
     assert bench.case_policies(policies, "words") == policies
-    assert bench.case_policies(policies, "random") == ["auto-multifd-zstd", "auto-xbzrle", "libvirt-autoconverge"]
+    assert bench.case_policies(policies, "random") == ["auto-multifd-zstd", "auto-xbzrle",
+                                                       "libvirt-autoconverge-tls"]
 
 
-def test_the_random_fill_compares_with_plain_libvirt_when_the_baseline_is_not_asked_for():
-    assert bench.case_policies(["auto-xbzrle", "libvirt", "libvirt-postcopy"], "random") == ["auto-xbzrle", "libvirt"]
+def test_the_random_fill_compares_with_plain_libvirt_of_the_same_transport_when_the_baseline_is_not_asked_for():
+    assert bench.case_policies(["auto-xbzrle", "libvirt-tls", "libvirt-postcopy-tls"], "random") == [
+        "auto-xbzrle", "libvirt-tls"]
+    assert bench.case_policies(["auto-xbzrle", "libvirt", "libvirt-autoconverge"], "random") == ["auto-xbzrle"]
     assert bench.case_policies(["auto-xbzrle"], "random") == ["auto-xbzrle"]
 
 
 def test_the_smoke_run_has_no_random_fill_case():
-    assert bench.case_policies(["auto", "libvirt"], "random") == []
+    assert bench.case_policies(["auto", "libvirt-tls"], "random") == []
 
 
 def test_ratios_compare_each_fill_with_the_baseline_on_the_same_fill():
-    cases = [case("auto-xbzrle", "words", total_time_s=10.0), case("libvirt-autoconverge", "words", total_time_s=20.0),
-             case("auto-xbzrle", "random", total_time_s=30.0), case("libvirt-autoconverge", "random", total_time_s=60.0),
+    cases = [case("auto-xbzrle", "words", total_time_s=10.0),
+             case("libvirt-autoconverge-tls", "words", total_time_s=20.0),
+             case("auto-xbzrle", "random", total_time_s=30.0),
+             case("libvirt-autoconverge-tls", "random", total_time_s=60.0),
              case("auto-xbzrle", "random", link="1gbit", total_time_s=40.0),
-             case("libvirt-autoconverge", "words", link="1gbit", total_time_s=80.0)]
+             case("libvirt-autoconverge-tls", "words", link="1gbit", total_time_s=80.0)]
     rows = {(row["fill"], row["link"]): row for row in bench.ratios(cases)}
     assert set(rows) == {("words", "unlimited"), ("random", "unlimited")}, "no baseline on random over 1gbit"
     assert rows[("words", "unlimited")]["total_time_s"] == 0.5
     assert rows[("random", "unlimited")]["total_time_s"] == 0.5
-    assert rows[("random", "unlimited")]["baseline"] == "libvirt-autoconverge"
+    assert rows[("random", "unlimited")]["baseline"] == "libvirt-autoconverge-tls"
 
 
 def test_the_tables_name_the_fill_of_every_row():
-    cases = [case("auto", guest_visible_downtime_ms=100.0), case("libvirt", guest_visible_downtime_ms=200.0),
+    cases = [case("auto", guest_visible_downtime_ms=100.0), case("libvirt-tls", guest_visible_downtime_ms=200.0),
              case("auto-xbzrle", "random")]
     assert "| auto | light | words | unlimited | 1/1 | 100 |" in bench.table(cases)
     assert "| auto-xbzrle | light | random | unlimited |" in bench.table(cases)
     ratio_table = bench.ratio_table(bench.ratios(cases))
-    assert "| auto | libvirt | light | words | unlimited | 0.5 |" in ratio_table
+    assert "| auto | libvirt-tls | light | words | unlimited | 0.5 |" in ratio_table
     assert "auto-xbzrle" not in ratio_table, "no libvirt case on the random fill"
 
 

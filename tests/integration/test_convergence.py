@@ -170,10 +170,10 @@ def test_benchmark_smoke_run(tmp_path):
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     results = json.loads(output.read_text())
     assert [(case["policy"], case["workload"], case["link"]) for case in results["cases"]] == [
-        ("auto", "light", "unlimited"), ("libvirt", "light", "unlimited")]
+        ("auto", "light", "unlimited"), ("libvirt-tls", "light", "unlimited")]
     for case in results["cases"]:
         assert case["completed"] == "1/1" and case["medians"]["checks_pass"] is True, case
         assert case["medians"]["guest_visible_downtime_ms"] > 0
     assert "| auto | light | words | unlimited |" in results["table"], results["table"]
-    assert "| libvirt | light | words | unlimited |" in results["table"], results["table"]
-    assert "| auto | libvirt | light | words | unlimited |" in results["ratio_table"], results["ratio_table"]
+    assert "| libvirt-tls | light | words | unlimited |" in results["table"], results["table"]
+    assert "| auto | libvirt-tls | light | words | unlimited |" in results["ratio_table"], results["ratio_table"]

@@ -63,7 +63,7 @@ def test_target_killed_during_disk_mirror(lab, vm):
         result = lab.migrate(name, "hv1", "hv2", livemig_max_bandwidth=4 * 1024 * 1024, livemig_predict=False)
         killer.join(5)
         assert_rolled_back(lab, tap, name, result, "disk mirror", since)
-        assert "the mirror of disk-root failed" in result.output, result.output
+        assert "disk mirror livemig-mirror-disk-root stopped" in result.output, result.output
 
 
 def test_link_cut_during_ram_precopy(lab, vm):

@@ -95,7 +95,7 @@ def test_the_scan_finds_what_the_role_feeds():
     """A scan that found nothing would pass the test below trivially."""
     pairs = {(feed[1], feed[2], feed[3]) for feed in FEEDS}
     assert ("livemig_powerdown_timeout", "qemu_vm", "powerdown_timeout") in pairs
-    assert ("livemig_migration_timeout", "qemu_migrate", "timeout") in pairs
+    assert ("livemig_stall_timeout", "qemu_migrate", "stall_timeout") in pairs
     assert any(feed[4] is not None for feed in FEEDS), "no playbook default(...) found"
 
 

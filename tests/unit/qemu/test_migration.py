@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -15,7 +16,7 @@ import pytest
 
 from ansible_collections.livemig.qemu.plugins.module_utils import _mirror
 from ansible_collections.livemig.qemu.plugins.module_utils._migration import (
-    MigrationFailed, MigrationSettings, SourceMigration, shared_bandwidth)
+    MigrationFailed, MigrationSettings, MirrorTarget, SourceMigration, shared_bandwidth)
 from ansible_collections.livemig.qemu.plugins.module_utils._migration_ops import ACTIVE, UNLIMITED_BANDWIDTH
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import mirror_job
 from ansible_collections.livemig.qemu.plugins.module_utils._progress import SAMPLE_KEYS, sample
@@ -184,7 +185,8 @@ def pair(qemu, tmp_path):
     def start(disk=True, mirror=True, ram_pattern="random", source_monitor=False, target_monitor=False,
               guest=0, target_capabilities=(), mirror_speed=0, wait_ready=True):
         """guest: the MiB of RAM a boot-sector guest keeps dirtying (0: the firmware idles); the RAM then holds
-        zeros except RANDOM_AREA. target_capabilities: switched on at the target before migrate-incoming."""
+        zeros except RANDOM_AREA. target_capabilities: switched on at the target before migrate-incoming.
+        mirror="export": the target exports its disk (nbd_port), the mirror is left for the migration to start."""
         ram_file = str(tmp_path / "ram")
         with open(ram_file, "wb") as handle:
             if guest:
@@ -224,18 +226,20 @@ def pair(qemu, tmp_path):
         port = tgt.execute("query-migrate")["socket-address"][0]["port"]
         if guest:
             wait_dirtying(src)
+        nbd_port = None
         if disk and mirror:
             nbd_port = free_port()
             address = {"type": "inet", "data": {"host": "127.0.0.1", "port": str(nbd_port)}}
             tgt.execute("nbd-server-start", {"addr": address})
             tgt.execute("block-export-add", {"type": "nbd", "id": "export-root", "node-name": NODE,
                                              "name": "root", "writable": True})
-            _mirror.start_mirror(src, NODE, "127.0.0.1", nbd_port, "root", speed=mirror_speed)
-            if wait_ready:
+            if mirror != "export":
+                _mirror.start_mirror(src, NODE, "127.0.0.1", nbd_port, "root", speed=mirror_speed)
+            if wait_ready and mirror != "export":
                 assert _mirror.wait_ready(src, NODE, time.monotonic() + 30)["ready"]
         return SimpleNamespace(source=source, target=target, src=src, tgt=tgt, uri=f"tcp:127.0.0.1:{port}",
                                images=images, ram_file=ram_file, monitor=monitor,
-                               target_monitor=target_monitor_path)
+                               target_monitor=target_monitor_path, nbd_port=nbd_port)
 
     with sessions:
         yield start
@@ -519,6 +523,70 @@ def test_a_mirror_still_syncing_is_waited_for(pair, tmp_path):
     assert stats["history"][len(syncing)]["phase"] == "pre-copy"
     assert any(snapshot["phase"] == "mirror-sync" and not snapshot["finished"] for snapshot in reader.snapshots)
     assert wait_status(vms.tgt, "running") == "running"
+
+
+def test_the_migration_starts_the_mirrors_itself_and_migrates_once_they_are_in_sync(pair):
+    """One job: the mirror into the target's export is started, sampled until READY, then RAM moves; the target's
+    disk ends identical."""
+    vms = pair(mirror="export")
+    target = MirrorTarget(NODE, "127.0.0.1", vms.nbd_port, "root", speed=64 * MB)  # 64 MiB disk: about 1 s
+    migration = SourceMigration(vms.src, MigrationSettings(uri=vms.uri, mirrored_nodes=[NODE],
+                                                           mirrors_to_start=[target], mirror_timeout=30))
+    stats = migration.run()
+    assert stats["status"] == "completed"
+    assert migration.mirrors_ready[NODE]["ready"] and migration.mirrors_ready[NODE]["len"] >= 4 * MB
+    remaining = [point["disk_remaining"] for point in migration.mirror_history]
+    assert len(remaining) >= 3 and remaining[0] > remaining[-1], remaining
+    assert [point["phase"] for point in stats["history"][:2]] == ["mirror-sync", "mirror-sync"]
+    assert wait_status(vms.tgt, "running") == "running"
+    quit_qemu(vms.tgt, vms.target)
+    quit_qemu(vms.src, vms.source)
+    compare = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", vms.images.source,
+                              vms.images.target], capture_output=True, text=True, check=False)
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+
+
+def test_a_mirror_whose_target_stops_answering_fails_after_the_stall_timeout_and_the_source_runs_on(pair):
+    """A frozen NBD target (SIGSTOP: the connection stays up, nothing errors) stalls the mirror: after the stall
+    timeout the job fails in mirror-sync, the mirror is gone and the VM keeps running here."""
+    vms = pair(mirror="export")
+    target = MirrorTarget(NODE, "127.0.0.1", vms.nbd_port, "root", speed=4 * MB)
+    migration = SourceMigration(vms.src, MigrationSettings(uri=vms.uri, mirrored_nodes=[NODE],
+                                                           mirrors_to_start=[target], stall_timeout=1.5))
+    freezer = threading.Timer(0.5, os.kill, (vms.target.process.pid, signal.SIGSTOP))
+    freezer.start()
+    try:
+        with pytest.raises(MigrationFailed) as caught:
+            migration.run()
+    finally:
+        freezer.join()
+        os.kill(vms.target.process.pid, signal.SIGCONT)
+    assert caught.value.phase == "mirror-sync" and caught.value.source_running is True
+    assert "copied nothing for 1.5s" in caught.value.cause
+    assert query_status(vms.src) == "running"
+    assert leftovers(vms.src) == []
+
+
+def test_a_mirror_not_in_sync_within_its_timeout_fails_with_the_mirror_timeout(pair):
+    vms = pair(mirror="export")
+    target = MirrorTarget(NODE, "127.0.0.1", vms.nbd_port, "root", speed=8 * MB)  # 64 MiB: 8 s
+    with pytest.raises(MigrationFailed) as caught:
+        SourceMigration(vms.src, MigrationSettings(uri=vms.uri, mirrored_nodes=[NODE], mirrors_to_start=[target],
+                                                   mirror_timeout=1.0)).run()
+    assert caught.value.phase == "mirror-sync"
+    assert "not in sync after 1s (the mirror timeout)" in caught.value.cause
+    assert query_status(vms.src) == "running" and leftovers(vms.src) == []
+
+
+def test_a_mirror_of_a_disk_the_vm_lacks_is_refused_before_anything_starts(pair):
+    vms = pair(mirror="export")
+    target = MirrorTarget("disk-data", "127.0.0.1", vms.nbd_port, "data")
+    with pytest.raises(MigrationFailed) as caught:
+        SourceMigration(vms.src, MigrationSettings(uri=vms.uri, mirrored_nodes=["disk-data"],
+                                                   mirrors_to_start=[target])).run()
+    assert "no block node disk-data" in caught.value.cause
+    assert query_status(vms.src) == "running" and leftovers(vms.src) == []
+    assert "status" not in vms.src.execute("query-migrate"), "a migration was started"
 
 
 def test_setup_refusal_leaves_a_running_migration_alone(pair):

@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 from test_migration import MB, boot_disk_args, boot_sector, wait_dirtying
 from tls_helpers import issue, lay_out
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _tlscert, _tlsqemu, _vmmeasure
+from ansible_collections.livemig.qemu.plugins.module_utils import _streamcache, _tlscert, _tlsqemu, _vmmeasure
 from ansible_collections.livemig.qemu.plugins.module_utils._linktest import LinkTestError, measure_link
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import VMPaths
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPSession
@@ -267,6 +267,36 @@ def test_measured_in_check_mode_without_a_listener_reports_why_the_link_is_unmea
     assert closed["measurements"]["link_error"].startswith(f"cannot connect to the listener at {LOOPBACK}:")
     unknown = conftest.run_module("qemu_migration_probe", tmp_path, state="measured", disks=["root"], **vm)
     assert unknown["failed"] is True and "no disk root" in unknown["msg"], unknown
+
+
+def test_measured_returns_the_recorded_stream_ceiling_of_the_same_stream_only(tmp_path, vm):
+    """The source recorded its last moves to 127.0.0.1 (_streamcache): the probe returns the host-bound ceiling of
+    the stream asked for, and no ceiling for another transport, multifd setting or target."""
+    now = time.time()
+    tcp = _streamcache.stream_key(LOOPBACK, "tcp")
+    _streamcache.record(vm["run_dir"], tcp, 360e6, 1.2e9, "vm1-tcp", now)
+    _streamcache.record(vm["run_dir"], _streamcache.stream_key(LOOPBACK, "tcp", 2), 117e6, 120e6, "vm1-multifd", now)
+
+    def probe(peer_address=LOOPBACK, **options):
+        result = conftest.run_module("qemu_migration_probe", tmp_path, state="measured", peer_address=peer_address,
+                                     dirty_rate_seconds=0.1, **vm, **options)
+        assert "failed" not in result, result
+        return result
+
+    probed = probe()
+    found = probed["measurements"]
+    assert found["stream_rate"] == 360e6, found
+    assert found["stream_rate_source"] == {"migration_id": "vm1-tcp", "when": now, "bound": "host",
+                                           "link_rate": 1200000000, "cap": 0}
+    assert probed["msg"].endswith("QEMU's stream last reached 343.3 MiB/s to this target"), probed["msg"]
+    link_bound = probe(multifd_channels=2)["measurements"]
+    assert link_bound["stream_rate"] is None and link_bound["stream_rate_source"]["bound"] == "link", link_bound
+    for other in ({"transport": "tls"}, {"peer_address": "127.0.0.2"}, {"multifd_channels": 4}):
+        unrecorded = probe(**other)["measurements"]
+        assert unrecorded["stream_rate"] is None and unrecorded["stream_rate_source"] is None, (other, unrecorded)
+    refused = conftest.run_module("qemu_migration_probe", tmp_path, state="measured", peer_address=LOOPBACK,
+                                  multifd_channels=-1, **vm)
+    assert refused["failed"] is True and "multifd_channels" in refused["msg"], refused
 
 
 def test_qemu_72_measures_whole_seconds(tmp_path, qemu, qemu_72):

@@ -7,7 +7,7 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.livemig.qemu.plugins.filter import migration_after_failure, migration_plan, migration_result
 
 FILTERS = {
-    migration_plan: ["migration_plan", "migration_request_problem", "migration_needs_kvm"],
+    migration_plan: ["migration_plan", "migration_request_problem", "migration_link_listener", "migration_needs_kvm"],
     migration_after_failure: ["migration_after_failure"],
     migration_result: ["migration_result", "migration_result_line"],
 }
@@ -62,3 +62,11 @@ def test_request_problem_passes_the_answer_through():
 def test_needs_kvm_passes_the_answer_through():
     assert migration_plan.migration_needs_kvm({"vms": {"a": {"accel": "kvm"}}}, "a", {}) is True
     assert migration_plan.migration_needs_kvm({"vms": {}}, "a", {"accel": "tcg"}, "cold", True) is False
+
+
+def test_the_link_listener_options_follow_the_transport_and_need_an_address():
+    assert migration_plan.migration_link_listener({}, "hv1", "", "tls", "/etc/livemig/tls") is None
+    assert migration_plan.migration_link_listener({}, "hv1", "198.18.0.2", "tcp", "/etc/livemig/tls") == {
+        "address": "198.18.0.2"}
+    assert migration_plan.migration_link_listener({"tls": None}, "hv1", "198.18.0.2", "tls", "/etc/t") == {
+        "address": "198.18.0.2", "tls_dir": "/etc/t", "tls_peer_dn": None}

@@ -83,3 +83,14 @@ def test_a_bandwidth_cap_slows_the_prediction():
     free = planned(LIGHT)["prediction"]["figures"]["precopy"]["total_s"]
     capped = planned(LIGHT, max_bandwidth=32 * MIB)["prediction"]["figures"]["precopy"]["total_s"]
     assert capped > 2 * free
+
+
+def test_the_probes_stream_ceiling_sets_the_plans_rate_and_is_kept_with_its_source():
+    source = {"migration_id": "web1-1", "when": 1750000000.0, "bound": "host", "link_rate": 1.2e9, "cap": 0}
+    slow = {**LIGHT, "link_rate": 1.2e9, "stream_rate": 210e6, "stream_rate_source": source}
+    prediction = planned(slow)["prediction"]
+    assert prediction["figures"]["rate"] == 210e6 and prediction["figures"]["limited_by"] == "stream"
+    assert prediction["measured"]["stream_rate"] == 210e6 and prediction["measured"]["stream_rate_source"] == source
+    assert "(QEMU's stream, as last measured from this host to this target)" in prediction["lines"][0]
+    unbound = planned({**slow, "stream_rate": None, "stream_rate_source": {**source, "bound": "link"}})["prediction"]
+    assert unbound["figures"]["rate"] == 1.2e9 and unbound["figures"]["limited_by"] == "link"

@@ -39,6 +39,19 @@ def test_the_holder_extends_its_own_lease_and_gives_it_back(paths):
     assert not os.path.exists(paths.vm_state_dir), "a VM with nothing else here leaves no directory"
 
 
+def test_the_plays_last_run_on_a_host_gives_the_lease_back_only_when_it_succeeds(paths):
+    """lock_release: the play's last call here gives the lease back itself; a failed one keeps it for the
+    rollback."""
+    _lock.acquire(paths, "move-1", "migrate", "alice", 600)
+    with pytest.raises(RuntimeError):
+        with _lock.held(paths, "move-1", "qemu_vm", give_back=True):
+            raise RuntimeError("the retire failed")
+    assert _lock.current(paths)["id"] == "move-1" and _lock.current(paths)["pids"] == []
+    with _lock.held(paths, "move-1", "qemu_vm", give_back=True):
+        assert _lock.current(paths)["pids"] == [os.getpid()]
+    assert _lock.current(paths) is None
+
+
 def test_an_expired_lease_holds_nothing(paths):
     _lock.acquire(paths, "move-1", "migrate", "alice", 0.05)
     time.sleep(0.1)

@@ -95,7 +95,7 @@ def test_a_rollback_before_the_device_state_cancels_and_keeps_the_source(replay)
     assert isinstance(failure, MigrationFailed)
     assert failure.phase == "switchover" and failure.source_running is True and failure.target_may_have_run is False
     assert f"timed out waiting for mirror completion of {MIRROR_JOB}" in failure.cause
-    assert commands(session)[3:] == ["block-job-cancel", "migrate_cancel", "blockdev-del"]
+    assert commands(session)[3:] == ["block-job-cancel", "migrate_cancel", "yank", "blockdev-del"]
     assert sent(session, "blockdev-del") == [{"node-name": "livemig-nbd-disk-root"}]
     assert failure.stats["status"] == "cancelled"
 
@@ -128,7 +128,7 @@ def left_paused(resumed):
 
 def test_a_rollback_before_the_device_state_resumes_a_paused_source(replay):
     unused_recording, failure, session = replay("switchover-timeout", left_paused(resumed=True))
-    assert commands(session)[3:] == ["block-job-cancel", "migrate_cancel", "blockdev-del", "cont"]
+    assert commands(session)[3:] == ["block-job-cancel", "migrate_cancel", "yank", "blockdev-del", "cont"]
     assert failure.phase == "switchover" and failure.source_running is True
 
 
@@ -209,5 +209,5 @@ def test_a_rollback_leaves_a_source_paused_before_the_migration_paused(replay):
         first["answer"] = {"status": "paused", "running": False}
         return recording
     unused_recording, failure, session = replay("switchover-timeout", paused_from_the_start)
-    assert commands(session)[3:] == ["block-job-cancel", "migrate_cancel", "blockdev-del"]
+    assert commands(session)[3:] == ["block-job-cancel", "migrate_cancel", "yank", "blockdev-del"]
     assert failure.phase == "switchover" and failure.source_running is False

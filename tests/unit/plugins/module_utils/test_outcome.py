@@ -15,10 +15,9 @@ def plan(method, family):
             "summary": ["web1: hv1 -> hv2"]}
 
 
-LIVE = {"migration": {"finished": 1, "statistics": STATISTICS},
-        "resumed": {"finished": 1, "resume_time": 100.5, "disk_allocated": {"root": 16 * MIB, "data": 4 * MIB}},
-        "mirrors": {"results": [{"progress": {"root": 1}, "history": [{"t": 5.0}, {"t": 2.0}]},
-                                {"history": [{"t": 3.0}]}]}}
+LIVE = {"migration": {"finished": 1, "statistics": STATISTICS, "mirrors": [{"root": 1}, {}],
+                      "mirror_history": [{"t": 2.0}, {"t": 5.0}, {"t": 3.0}]},
+        "resumed": {"finished": 1, "resume_time": 100.5, "disk_allocated": {"root": 16 * MIB, "data": 4 * MIB}}}
 SAVED = {"changed": True, "stop_time": 50.0, "size": 80 * MIB}
 RESTORED = {"changed": True, "resume_time": 52.125}
 COPIES = {"results": [{"bytes_allocated": 2 * MIB, "seconds": 1.5}, {"bytes_allocated": MIB, "seconds": 0.5}]}
@@ -40,7 +39,7 @@ CASES = [
      "web1 now runs on hv2 (live-mirror): guest frozen 250.0 ms (source stop to target resume), QEMU downtime 12 ms, "
      "RAM 120.0 MiB in 3 passes,\ndisks 20.0 MiB written, 15.2 s in all."),
     ("live-shared", "live", {"migration": {"statistics": {**STATISTICS, "source_stop_time": None}},
-                             "resumed": {"resume_time": 100.5}, "mirrors": {"results": []}},
+                             "resumed": {"resume_time": 100.5}},
      {"source_stop_time": None, "target_resume_time": 100.5, "disk_bytes": 0, "disk_allocated": {}, "mirrors": [],
       "statistics": {**STATISTICS, "source_stop_time": None}, "mirror_history": [], **COMMON, "method": "live-shared",
       "frozen_ms": None},
@@ -121,8 +120,9 @@ PREDICTION = {"predicted": True, "strategy": "precopy", "convergence": "auto",
 def test_the_report_puts_the_prediction_beside_what_happened():
     """Live: from the first mirror sample to completion against the strategy used; stateful: the freeze."""
     epoch = 1.7e9
-    steps = {**LIVE, "migration": {"statistics": {**STATISTICS, "completed_time": epoch + 5.0, "wall_time_s": 3.0}},
-             "mirrors": {"results": [{"history": [{"t": epoch + 1.0}, {"t": epoch + 2.0}]}]}}
+    statistics = {**STATISTICS, "completed_time": epoch + 5.0, "wall_time_s": 3.0}
+    steps = {**LIVE, "migration": {"statistics": statistics,
+                                   "mirror_history": [{"t": epoch + 1.0}, {"t": epoch + 2.0}]}}
     live = build_result(steps, {**plan("live-mirror", "live"), "prediction": PREDICTION}, "5.0", 20.25)
     assert live["prediction"] == {"strategy": "precopy", "predicted_total_s": 4.0, "actual_total_s": 4.0,
                                   "error_percent": 0.0, "predicted_freeze_ms": 150, "actual_downtime_ms": 12,
@@ -130,7 +130,7 @@ def test_the_report_puts_the_prediction_beside_what_happened():
     postcopy = build_result(steps, {**plan("live-mirror", "live"),
                                     "prediction": {**PREDICTION, "convergence": "postcopy-early"}}, "5.0", 20.25)
     assert postcopy["prediction"]["strategy"] == "postcopy" and postcopy["prediction"]["error_percent"] == 50.0
-    no_mirror = build_result({**steps, "mirrors": {"results": []}},
+    no_mirror = build_result({**steps, "migration": {"statistics": statistics}},
                              {**plan("live-shared", "live"), "prediction": PREDICTION}, "5.0", 20.25)
     assert no_mirror["prediction"]["actual_total_s"] == 3.0, "without a mirror, QEMU's own migration time"
     assert no_mirror["prediction"]["measured_from"] == epoch + 2.0

@@ -299,6 +299,15 @@ def test_two_hosts_of_one_ca_pass_and_get_the_names_qemu_needs(hosts):
     assert info == {"source_dn": "CN=hv1", "target_dn": "CN=hv2", "target_hostname": "127.0.0.2"}
 
 
+def test_the_source_alone_gives_the_subject_the_targets_link_listener_admits(hosts, tmp_path):
+    """Before the plan, the target's listener needs the source's client subject; a directory without a client
+    certificate gives none (the plan, comparing both hosts, says why)."""
+    assert _tlscert.host_client_dn("hv1", _tlsfiles.inspect(str(hosts("hv1", "127.0.0.1")))) == "CN=hv1"
+    no_client = hosts("hv1", "127.0.0.1", ca="other", client=False)
+    assert _tlscert.host_client_dn("hv1", _tlsfiles.inspect(str(no_client))) is None
+    assert _tlscert.host_client_dn("hv1", None) is None
+
+
 def test_an_ipv6_migration_address_is_checked_bare(hosts):
     problems, info = check(hosts("hv1", "::1"), hosts("hv2", "2001:db8::2"), address="[2001:DB8::2]")
     assert problems == [] and info["target_hostname"] == "2001:db8::2"
