@@ -1,13 +1,15 @@
 """The record of what QEMU's migration stream achieved: the rate from QEMU's final query-migrate answer, link-bound
-against host-bound moves, age, corrupt files and the keys' file names."""
+against host-bound moves, age, corrupt files, the keys' file names, and the source's record after a move."""
 from __future__ import annotations
 
 import json
 import os
 import stat
+from types import SimpleNamespace
 
 import pytest
 
+from ansible_collections.livemig.qemu.plugins.module_utils import _source
 from ansible_collections.livemig.qemu.plugins.module_utils._streamcache import (
     CACHE_DIR, MAX_AGE_S, achieved_rate, ceiling, migration_key, recall, record, stream_key)
 
@@ -184,3 +186,27 @@ def test_the_key_of_a_migration():
         stream_key("198.18.0.2", "tcp", 4)
     assert migration_key("exec:cat > state", False, [], {}) is None
     assert migration_key("unix:/run/livemig/vm1.migrate", False, [], {}) is None
+
+
+# -- the source's record after a move (qemu_migrate) ---------------------------------------------------------------
+
+def a_move(tmp_path, **params):
+    return SimpleNamespace(paths=SimpleNamespace(run_dir=str(tmp_path)), params={
+        "uri": "tcp:198.18.0.2:49152", "capabilities": [], "parameters": {}, "link_rate": 1e9, "max_bandwidth": 0,
+        **params})
+
+
+def test_a_completed_move_keeps_its_streams_rate_under_the_key_the_probe_looks_up(tmp_path):
+    _source.remember_stream_rate(a_move(tmp_path), {"query_migrate": QEMU_10_SINGLE, "recoveries": []}, "move-1",
+                                 tls=True)
+    kept = recall(str(tmp_path), KEY)
+    assert kept["migration_id"] == "move-1" and kept["bound"] == "host" and ceiling(kept) > 0, kept
+    assert recall(str(tmp_path), stream_key("198.18.0.2", "tcp")) is None, "a TLS stream says nothing about tcp"
+
+
+def test_a_recovered_postcopy_or_a_move_without_a_link_figure_keeps_nothing(tmp_path):
+    _source.remember_stream_rate(a_move(tmp_path), {"query_migrate": QEMU_10_SINGLE, "recoveries": [{"attempts": 2}]},
+                                 "move-1", tls=True)
+    _source.remember_stream_rate(a_move(tmp_path, link_rate=None), {"query_migrate": QEMU_10_SINGLE}, "move-2",
+                                 tls=True)
+    assert recall(str(tmp_path), KEY) is None
