@@ -6,7 +6,7 @@ QEMU itself (its CPU, TLS, TCG) sends slower than the link test measures.
 Private to the livemig.qemu collection. The source records each completed live move; qemu_migration_probe recalls
 the figure before the next one. One small JSON file per stream in `<run_dir>/.livemig-streams/`, keyed by the
 target's migration address, the transport (tls|tcp), the multifd channels (0: a single stream) and the multifd
-compression.
+compression, all derived from the capabilities and parameters the move migrates with (stream_key).
 
 A stream that reached LINK_BOUND of the rate it was allowed (the link rate measured before that move, or the bandwidth
 cap when lower) was held back by the link or the cap and says nothing about this host's ceiling: it is kept as the
@@ -22,6 +22,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -42,7 +43,8 @@ UNSAFE = re.compile(r"[^A-Za-z0-9]+")  # no dots either: a name never starts wit
 
 @dataclass(frozen=True)
 class StreamKey:
-    """One stream from this host: build it with stream_key() or migration_key(), which normalise the parts."""
+    """One stream from this host: build it with stream_key() or migration_key(), which derive and normalise the
+    parts."""
     address: str
     transport: str
     multifd_channels: int
@@ -55,10 +57,11 @@ class StreamKey:
         return f"{readable}-{digest}.json"
 
 
-def stream_key(address: str, transport: str, multifd_channels: int = 0, multifd_compression: str = "none"
-               ) -> StreamKey:
-    """The key of a stream to `address` (an IPv6 address with or without brackets). Without multifd the
-    compression does not apply and counts as none."""
+def stream_key(address: str, transport: str, capabilities: Collection[str] = (),
+               parameters: dict[str, Any] | None = None) -> StreamKey:
+    """The key of the stream to `address` (an IPv6 address with or without brackets) that a migration with these
+    capabilities and parameters opens, as qemu_migrate gets them: with multifd, its channels (QEMU's default when
+    the parameters set none) and its compression; without it a single stream, whose compression counts as none."""
     host = (address or "").strip().strip("[]").lower()
     if not host:
         raise ValueError("a stream needs the target's migration address")
@@ -68,22 +71,34 @@ def stream_key(address: str, transport: str, multifd_channels: int = 0, multifd_
         pass  # a host name, kept as a name
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
-    if isinstance(multifd_channels, bool) or not isinstance(multifd_channels, int) or multifd_channels < 0:
-        raise ValueError(f"multifd_channels must be a whole number >= 0, got {multifd_channels!r}")
-    if not isinstance(multifd_compression, str) or not multifd_compression.strip():
-        raise ValueError(f"multifd_compression must be a name such as none or zstd, got {multifd_compression!r}")
-    compression = multifd_compression.strip().lower() if multifd_channels else "none"
-    return StreamKey(host, transport, multifd_channels, compression)
+    if "multifd" not in capabilities:
+        return StreamKey(host, transport, 0, "none")
+    parameters = parameters or {}
+    return StreamKey(host, transport, _channels(parameters.get("multifd-channels", QEMU_MULTIFD_CHANNELS)),
+                     _compression(parameters.get("multifd-compression", "none")))
 
 
-def migration_key(uri: str, tls: bool, capabilities: list[str], parameters: dict[str, Any]) -> StreamKey | None:
+def _channels(value: Any) -> int:
+    """multifd-channels as a number; a templated value arrives as a string of digits."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"parameters multifd-channels must be a whole number of at least 1, got {value!r}")
+    return value
+
+
+def _compression(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"parameters multifd-compression must be a name such as none, zlib or zstd, got {value!r}")
+    return value.strip().lower()
+
+
+def migration_key(uri: str, tls: bool, capabilities: Collection[str], parameters: dict[str, Any]) -> StreamKey | None:
     """The key of the stream a `migrate` to `uri` opens with these capabilities and parameters; None for a URI
     other than tcp:HOST:PORT (a file, a command, a socket on this host: no network stream to keep a rate of)."""
     if not uri.startswith("tcp:") or ":" not in uri[4:]:
         return None
-    channels = int(parameters.get("multifd-channels", QEMU_MULTIFD_CHANNELS)) if "multifd" in capabilities else 0
-    return stream_key(uri[4:].rsplit(":", 1)[0], "tls" if tls else "tcp", channels,
-                      str(parameters.get("multifd-compression", "none")))
+    return stream_key(uri[4:].rsplit(":", 1)[0], "tls" if tls else "tcp", capabilities, parameters)
 
 
 def achieved_rate(info: Any) -> float | None:

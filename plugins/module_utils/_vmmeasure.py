@@ -16,7 +16,7 @@ import re
 import time
 from typing import Any
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _linktest, _streamcache, _tlsqemu, _vmhost
+from ansible_collections.livemig.qemu.plugins.module_utils import _linktest, _streamcache, _tlsqemu, _vmhost, _vmspec
 from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._paths import device_id, file_node, node_name
 from ansible_collections.livemig.qemu.plugins.module_utils._qmp import QMPError, QMPSession
@@ -46,7 +46,7 @@ def measured(task: Any) -> dict[str, Any]:
         if not low <= params[option] <= MAX_SECONDS:
             raise LivemigError(f"{option} must be between {low:g} and {MAX_SECONDS:g} seconds, got {params[option]}")
     peer = _peer(params)
-    stream = _stream_key(params)
+    stream = peer_stream_key(params)
     tls = _tlsqemu.client(params)
     paths = task.paths
     pid = _vmhost.running_pid(paths)
@@ -58,7 +58,7 @@ def measured(task: Any) -> dict[str, Any]:
         if status not in MEASURABLE:
             raise LivemigError(f"VM {paths.vm} is {status} on this host, neither running nor paused: measure it on "
                                "the host that runs it, or wait until its migration has ended")
-        measurements = measure_vm(session, pid, params["disks"], params["dirty_rate_seconds"])
+        measurements = measure_vm(session, pid, measured_disks(params["disks"]), params["dirty_rate_seconds"])
     measurements.update(_link(peer, params["link_seconds"], tls))
     measurements.update(_stream_ceiling(paths.run_dir, stream))
     return {"changed": False, "status": status, "measurements": measurements,
@@ -77,15 +77,14 @@ def _peer(params: dict[str, Any]) -> tuple[str, int, str] | None:
     return address, port, token
 
 
-def _stream_key(params: dict[str, Any]) -> _streamcache.StreamKey | None:
-    """The key of the stream a move to peer_address would open; None without a peer address. The transport is TLS
-    when tls_dir is given, unless `transport` says otherwise."""
+def peer_stream_key(params: dict[str, Any]) -> _streamcache.StreamKey | None:
+    """The key of the stream a move to peer_address with these capabilities and parameters would open; None without
+    a peer address. The transport is TLS when tls_dir is given, unless `transport` says otherwise."""
     if not (params["peer_address"] or "").strip("[]"):
         return None
     transport = params["transport"] or ("tls" if params["tls_dir"] else "tcp")
     try:
-        return _streamcache.stream_key(params["peer_address"], transport, params["multifd_channels"],
-                                       params["multifd_compression"])
+        return _streamcache.stream_key(params["peer_address"], transport, params["capabilities"], params["parameters"])
     except ValueError as exc:
         raise LivemigError(str(exc)) from None
 
@@ -212,6 +211,12 @@ def _mappings(pid: int) -> list[list[int]]:
 
 
 # -- disks --------------------------------------------------------------------------------------------------------
+
+def measured_disks(disks: list[str]) -> list[str]:
+    """The disks worth measuring: all but UEFI's variable store, a pflash of a few MiB that no device's block stats
+    count."""
+    return [disk for disk in disks if disk != _vmspec.NVRAM]
+
 
 def written(session: QMPSession, disks: list[str]) -> dict[str, int]:
     """Bytes the guest wrote to each disk since QEMU started, as its device counted them (wr_bytes). Found by the

@@ -162,7 +162,9 @@ options:
     type: dict
     suboptions:
       disks:
-        description: Names of the VM's local disks, the ones a move would mirror.
+        description:
+          - Names of the VM's local disks, the ones a move would mirror.
+          - UEFI's variable store V(nvram) may be among them; it is not measured.
         type: list
         elements: str
         default: []
@@ -197,16 +199,21 @@ options:
           - Default V(tls) when O(measure.tls_dir) is given, else V(tcp).
         type: str
         choices: [tls, tcp]
-      multifd_channels:
-        description: The multifd channels of the move to predict; V(0) for a single stream. Selects the recorded
-          stream rate, like O(measure.transport).
-        type: int
-        default: 0
-      multifd_compression:
-        description: The multifd compression of the move to predict (V(none), V(zlib), V(zstd)). Selects the recorded
-          stream rate, like O(measure.transport).
-        type: str
-        default: none
+      capabilities:
+        description:
+          - The migration capabilities the source will migrate with, as M(livemig.qemu.qemu_migrate) gets them.
+          - With C(multifd) among them the stream is multifd; selects the recorded stream rate, like
+            O(measure.transport).
+        type: list
+        elements: str
+        default: []
+      parameters:
+        description:
+          - The migration parameters the source will migrate with, as M(livemig.qemu.qemu_migrate) gets them.
+          - With C(multifd) in O(measure.capabilities), C(multifd-channels) (QEMU's default V(2) when not set) and
+            C(multifd-compression) select the recorded stream rate, like O(measure.transport).
+        type: dict
+        default: {}
 requirements:
   - qemu-img (Debian package qemu-utils)
   - QEMU (Debian package qemu-system-x86), for the facts
@@ -415,8 +422,8 @@ MEASURE = {
     "link_seconds": {"type": "float", "default": 1.0},
     "dirty_rate_seconds": {"type": "float", "default": 1.0},
     "transport": {"type": "str", "choices": ["tls", "tcp"]},
-    "multifd_channels": {"type": "int", "default": 0},
-    "multifd_compression": {"type": "str", "default": "none"},
+    "capabilities": {"type": "list", "elements": "str", "default": []},
+    "parameters": {"type": "dict", "default": {}},
 }
 
 

@@ -82,7 +82,8 @@ options:
   disks:
     description:
       - Names of the VM's local disks, the ones a move would mirror, as its spec names them.
-      - O(state=measured) reports the guest's writes to them and their allocated bytes.
+      - O(state=measured) reports the guest's writes to them and their allocated bytes. It leaves out UEFI's
+        variable store V(nvram), a few MiB that no device's block statistics count.
     type: list
     elements: str
     default: []
@@ -120,20 +121,24 @@ options:
     type: str
     choices: [tls, tcp]
     version_added: 0.3.0
-  multifd_channels:
+  capabilities:
     description:
-      - With O(state=measured), the multifd channels of the move to predict; V(0) for a single stream (no multifd).
-      - Selects the recorded stream rate, like O(transport).
-    type: int
-    default: 0
+      - With O(state=measured), the migration capabilities the source will migrate with, as
+        M(livemig.qemu.qemu_migrate) gets them (O(livemig.qemu.qemu_migrate#module:capabilities)).
+      - With C(multifd) among them the stream is multifd, its channels and compression from O(parameters); without
+        it a single stream. Selects the recorded stream rate, like O(transport).
+    type: list
+    elements: str
+    default: []
     version_added: 0.3.0
-  multifd_compression:
+  parameters:
     description:
-      - With O(state=measured), the multifd compression of the move to predict, for example V(none), V(zlib) or
-        V(zstd); it counts as V(none) with O(multifd_channels=0).
-      - Selects the recorded stream rate, like O(transport).
-    type: str
-    default: none
+      - With O(state=measured), the migration parameters the source will migrate with, as
+        M(livemig.qemu.qemu_migrate) gets them (O(livemig.qemu.qemu_migrate#module:parameters)).
+      - Only C(multifd-channels) (QEMU's default V(2) when not set) and C(multifd-compression) (default V(none))
+        count, and only with C(multifd) in O(capabilities). Selects the recorded stream rate, like O(transport).
+    type: dict
+    default: {}
     version_added: 0.3.0
 requirements:
   - qemu.qmp (Python library on the managed host), for O(state=measured)
@@ -280,8 +285,8 @@ measurements:
     stream_rate:
       description:
         - Bytes per second QEMU's migration stream carried while the guest ran, in the last move from this host to
-          O(peer_address) with the same O(transport), O(multifd_channels) and O(multifd_compression) whose stream
-          this host held back (not the link or the cap). It is the ceiling of the next move's rate.
+          O(peer_address) with the same O(transport) and multifd setting (from O(capabilities) and O(parameters))
+          whose stream this host held back (not the link or the cap). It is the ceiling of the next move's rate.
         - Null when no such move was recorded in the last 30 days, or when the last one was held back by the link
           or the cap and no earlier one set a lower ceiling.
       type: float
@@ -324,8 +329,8 @@ def main() -> None:
         link_seconds={"type": "float", "default": 1.0},
         dirty_rate_seconds={"type": "float", "default": 1.0},
         transport={"type": "str", "choices": ["tls", "tcp"]},
-        multifd_channels={"type": "int", "default": 0},
-        multifd_compression={"type": "str", "default": "none"},
+        capabilities={"type": "list", "elements": "str", "default": []},
+        parameters={"type": "dict", "default": {}},
         **{**SERVER_OPTIONS, **CLIENT_OPTIONS},
     )
     # The target's listener belongs to no VM, hence no VM name and no host locations.

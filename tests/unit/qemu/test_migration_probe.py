@@ -270,12 +270,14 @@ def test_measured_in_check_mode_without_a_listener_reports_why_the_link_is_unmea
 
 
 def test_measured_returns_the_recorded_stream_ceiling_of_the_same_stream_only(tmp_path, vm):
-    """The source recorded its last moves to 127.0.0.1 (_streamcache): the probe returns the host-bound ceiling of
-    the stream asked for, and no ceiling for another transport, multifd setting or target."""
+    """The source recorded its last moves to 127.0.0.1 under the keys qemu_migrate gives them (_streamcache): the
+    probe, given the capabilities and parameters the source migrates with, returns the host-bound ceiling of that
+    stream, and no ceiling for another transport, multifd setting or target."""
     now = time.time()
-    tcp = _streamcache.stream_key(LOOPBACK, "tcp")
+    tcp = _streamcache.migration_key(f"tcp:{LOOPBACK}:4444", False, [], {})
     _streamcache.record(vm["run_dir"], tcp, 360e6, 1.2e9, "vm1-tcp", now)
-    _streamcache.record(vm["run_dir"], _streamcache.stream_key(LOOPBACK, "tcp", 2), 117e6, 120e6, "vm1-multifd", now)
+    multifd = _streamcache.migration_key(f"tcp:{LOOPBACK}:4444", False, ["multifd"], {})
+    _streamcache.record(vm["run_dir"], multifd, 117e6, 120e6, "vm1-multifd", now)
 
     def probe(peer_address=LOOPBACK, **options):
         result = conftest.run_module("qemu_migration_probe", tmp_path, state="measured", peer_address=peer_address,
@@ -283,20 +285,43 @@ def test_measured_returns_the_recorded_stream_ceiling_of_the_same_stream_only(tm
         assert "failed" not in result, result
         return result
 
-    probed = probe()
+    probed = probe(capabilities=["xbzrle"], parameters={"multifd-channels": 4})
     found = probed["measurements"]
     assert found["stream_rate"] == 360e6, found
     assert found["stream_rate_source"] == {"migration_id": "vm1-tcp", "when": now, "bound": "host",
                                            "link_rate": 1200000000, "cap": 0}
     assert probed["msg"].endswith("QEMU's stream last reached 343.3 MiB/s to this target"), probed["msg"]
-    link_bound = probe(multifd_channels=2)["measurements"]
-    assert link_bound["stream_rate"] is None and link_bound["stream_rate_source"]["bound"] == "link", link_bound
-    for other in ({"transport": "tls"}, {"peer_address": "127.0.0.2"}, {"multifd_channels": 4}):
+    # multifd without multifd-channels: QEMU's 2 channels, the key qemu_migrate recorded
+    for same in ({}, {"multifd-channels": 2}, {"multifd-channels": "2", "multifd-compression": "none"}):
+        link_bound = probe(capabilities=["multifd"], parameters=same)["measurements"]
+        assert link_bound["stream_rate"] is None and link_bound["stream_rate_source"]["bound"] == "link", same
+        assert link_bound["stream_rate_source"]["migration_id"] == "vm1-multifd", link_bound
+    for other in ({"transport": "tls"}, {"peer_address": "127.0.0.2"},
+                  {"capabilities": ["multifd"], "parameters": {"multifd-channels": 4}},
+                  {"capabilities": ["multifd"], "parameters": {"multifd-compression": "zstd"}}):
         unrecorded = probe(**other)["measurements"]
         assert unrecorded["stream_rate"] is None and unrecorded["stream_rate_source"] is None, (other, unrecorded)
     refused = conftest.run_module("qemu_migration_probe", tmp_path, state="measured", peer_address=LOOPBACK,
-                                  multifd_channels=-1, **vm)
-    assert refused["failed"] is True and "multifd_channels" in refused["msg"], refused
+                                  capabilities=["multifd"], parameters={"multifd-channels": [4]}, **vm)
+    assert refused["failed"] is True, refused
+    assert refused["msg"] == "parameters multifd-channels must be a whole number of at least 1, got [4]", refused
+
+
+def test_measured_leaves_out_the_uefi_variable_store(tmp_path):
+    """The role passes the plan's local disks as they are, UEFI's variable store among them: a pflash that no
+    device's block statistics count, measured as if it were not given."""
+    dirs = {"name": "vm1", "run_dir": str(tmp_path / "run"), "image_dir": str(tmp_path / "images")}
+    spec = {"memory_mb": RAM_MB, "vcpus": 1, "machine": "q35", "cpu_model": "qemu64", "accel": "tcg",
+            "firmware": "uefi", "disks": [{"name": "data", "size_mb": 8}]}
+    started = conftest.run_module("qemu_vm", tmp_path, spec=spec, claim=True, **dirs)
+    assert started["status"] == "running", started
+    try:
+        probe = conftest.run_module("qemu_migration_probe", tmp_path, state="measured", disks=["data", "nvram"],
+                                    dirty_rate_seconds=0.1, **dirs)
+    finally:
+        conftest.run_module("qemu_vm", tmp_path, state="absent", **dirs)
+    assert "failed" not in probe, probe
+    assert list(probe["measurements"]["disk_bytes_per_disk"]) == ["data"], probe["measurements"]
 
 
 def test_qemu_72_measures_whole_seconds(tmp_path, qemu, qemu_72):

@@ -1,5 +1,6 @@
 """The record of what QEMU's migration stream achieved: the rate from QEMU's final query-migrate answer, link-bound
-against host-bound moves, age, corrupt files, the keys' file names, and the source's record after a move."""
+against host-bound moves, age, corrupt files, the keys (from the capabilities and parameters a move migrates with) and
+their file names, and the source's record after a move under the key the probe looks up."""
 from __future__ import annotations
 
 import json
@@ -9,9 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from ansible_collections.livemig.qemu.plugins.module_utils import _source
+from ansible_collections.livemig.qemu.plugins.module_utils import _source, _vmmeasure
+from ansible_collections.livemig.qemu.plugins.module_utils._errors import LivemigError
 from ansible_collections.livemig.qemu.plugins.module_utils._streamcache import (
-    CACHE_DIR, MAX_AGE_S, achieved_rate, ceiling, migration_key, recall, record, stream_key)
+    CACHE_DIR, MAX_AGE_S, StreamKey, achieved_rate, ceiling, migration_key, recall, record, stream_key)
 
 MB = 1e6
 NOW = 1_750_000_000.0
@@ -34,6 +36,7 @@ QEMU_10_MULTIFD = {
             "mbps": 19537.5816, "transferred": 268641747, "dirty-sync-missed-zero-copy": 0, "precopy-bytes": 16,
             "duplicate": 282, "dirty-pages-rate": 0, "normal-bytes": 267825152, "normal": 65387}}
 KEY = stream_key("198.18.0.2", "tls")
+MULTIFD = ["multifd"]
 
 
 # -- the rate from query-migrate --------------------------------------------------------------------------------
@@ -150,7 +153,8 @@ def test_an_unwritable_cache_costs_the_entry_not_the_move(tmp_path):
 
 def test_each_part_of_the_key_selects_its_own_entry(tmp_path):
     keys = [KEY, stream_key("198.18.0.2", "tcp"), stream_key("198.18.0.3", "tls"),
-            stream_key("198.18.0.2", "tls", 4), stream_key("198.18.0.2", "tls", 4, "zstd")]
+            stream_key("198.18.0.2", "tls", MULTIFD, {"multifd-channels": 4}),
+            stream_key("198.18.0.2", "tls", MULTIFD, {"multifd-channels": 4, "multifd-compression": "zstd"})]
     for number, key in enumerate(keys):
         record(str(tmp_path), key, (100 + number) * MB, 1200 * MB, f"m{number}", NOW)
     assert len(os.listdir(tmp_path / CACHE_DIR)) == len(keys)
@@ -158,9 +162,8 @@ def test_each_part_of_the_key_selects_its_own_entry(tmp_path):
 
 
 def test_keys_are_normalised_and_their_file_names_safe_and_distinct():
-    assert stream_key("[FD00::0002]", "tcp") == stream_key("fd00::2", "tcp")
-    assert stream_key("198.18.0.2", "tls", 0, "zstd") == KEY, "without multifd there is no compression"
-    hostile = stream_key("../../etc/passwd", "tcp", 2, "z/../std")
+    assert stream_key("[FD00::0002]", "tcp") == stream_key("fd00::2", "tcp") == StreamKey("fd00::2", "tcp", 0, "none")
+    hostile = stream_key("../../etc/passwd", "tcp", MULTIFD, {"multifd-compression": "z/../std"})
     assert "/" not in hostile.file_name() and not hostile.file_name().startswith(".")
     assert hostile.file_name().endswith(".json")
     # two hosts that sanitise alike still get files of their own
@@ -169,23 +172,52 @@ def test_keys_are_normalised_and_their_file_names_safe_and_distinct():
     assert KEY.file_name().startswith("198_18_0_2-tls-0-none-")
 
 
-@pytest.mark.parametrize("args", [("", "tls"), ("198.18.0.2", "rdma"), ("198.18.0.2", "tls", -1),
-                                  ("198.18.0.2", "tls", True), ("198.18.0.2", "tls", 2, " ")])
-def test_bad_key_parts_are_refused(args):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("capabilities, parameters, key", [
+    ([], {}, StreamKey("198.18.0.2", "tls", 0, "none")),
+    (["postcopy-ram"], {"multifd-channels": 8, "multifd-compression": "zstd"},
+     StreamKey("198.18.0.2", "tls", 0, "none")),  # without multifd its parameters do not apply
+    (MULTIFD, {}, StreamKey("198.18.0.2", "tls", 2, "none")),  # QEMU's default of 2 channels
+    (MULTIFD, {"multifd-compression": " ZSTD "}, StreamKey("198.18.0.2", "tls", 2, "zstd")),
+    (MULTIFD, {"multifd-channels": 4}, StreamKey("198.18.0.2", "tls", 4, "none")),
+    (MULTIFD, {"multifd-channels": "4"}, StreamKey("198.18.0.2", "tls", 4, "none")),  # templated into a string
+    (["xbzrle", "multifd"], {"multifd-channels": 8, "max-cpu-throttle": 99}, StreamKey("198.18.0.2", "tls", 8, "none")),
+])
+def test_the_key_comes_from_the_capabilities_and_parameters(capabilities, parameters, key):
+    assert stream_key("198.18.0.2", "tls", capabilities, parameters) == key
+
+
+@pytest.mark.parametrize("args, refusal", [
+    (("", "tls"), "needs the target's migration address"),
+    (("198.18.0.2", "rdma"), "transport must be one of tls, tcp"),
+    (("198.18.0.2", "tls", MULTIFD, {"multifd-channels": 0}), "parameters multifd-channels must be a whole number"),
+    (("198.18.0.2", "tls", MULTIFD, {"multifd-channels": True}), "parameters multifd-channels must be a whole number"),
+    (("198.18.0.2", "tls", MULTIFD, {"multifd-channels": "four"}), "parameters multifd-channels must be a whole"),
+    (("198.18.0.2", "tls", MULTIFD, {"multifd-compression": " "}), "parameters multifd-compression must be a name"),
+    (("198.18.0.2", "tls", MULTIFD, {"multifd-compression": 3}), "parameters multifd-compression must be a name"),
+])
+def test_bad_key_parts_are_refused(args, refusal):
+    with pytest.raises(ValueError, match=refusal):
         stream_key(*args)
 
 
 def test_the_key_of_a_migration():
     assert migration_key("tcp:198.18.0.2:4444", True, [], {}) == KEY
-    assert migration_key("tcp:[fd00::2]:4444", False, ["postcopy-ram"], {"multifd-channels": 8}) == \
-        stream_key("fd00::2", "tcp")
-    assert migration_key("tcp:198.18.0.2:4444", True, ["multifd"], {"multifd-compression": "zstd"}) == \
-        stream_key("198.18.0.2", "tls", 2, "zstd"), "QEMU's default of 2 channels"
-    assert migration_key("tcp:198.18.0.2:4444", False, ["multifd"], {"multifd-channels": 4}) == \
-        stream_key("198.18.0.2", "tcp", 4)
+    assert migration_key("tcp:[fd00::2]:4444", False, MULTIFD, {"multifd-channels": 4}) == \
+        StreamKey("fd00::2", "tcp", 4, "none")
     assert migration_key("exec:cat > state", False, [], {}) is None
     assert migration_key("unix:/run/livemig/vm1.migrate", False, [], {}) is None
+
+
+def probe_params(**params):
+    """qemu_migration_probe's options that select the stream, as its argument spec defaults them."""
+    return {"peer_address": "198.18.0.2", "transport": None, "tls_dir": None, "capabilities": [], "parameters": {},
+            **params}
+
+
+def test_the_probe_refuses_bad_parameters_with_the_option_named():
+    with pytest.raises(LivemigError, match="parameters multifd-channels must be a whole number of at least 1, got "
+                                           "'two'"):
+        _vmmeasure.peer_stream_key(probe_params(capabilities=MULTIFD, parameters={"multifd-channels": "two"}))
 
 
 # -- the source's record after a move (qemu_migrate) ---------------------------------------------------------------
@@ -210,3 +242,14 @@ def test_a_recovered_postcopy_or_a_move_without_a_link_figure_keeps_nothing(tmp_
     _source.remember_stream_rate(a_move(tmp_path, link_rate=None), {"query_migrate": QEMU_10_SINGLE}, "move-2",
                                  tls=True)
     assert recall(str(tmp_path), KEY) is None
+
+
+def test_the_probe_finds_a_multifd_move_without_multifd_channels_under_qemus_default_of_2(tmp_path):
+    """The plan's parameters name no multifd-channels when the user leaves them to QEMU: qemu_migrate records the
+    move with 2 channels, and the probe given the same capabilities and parameters looks up that key."""
+    _source.remember_stream_rate(a_move(tmp_path, capabilities=MULTIFD), {"query_migrate": QEMU_10_MULTIFD},
+                                 "move-1", tls=False)
+    looked_up = _vmmeasure.peer_stream_key(probe_params(capabilities=MULTIFD))
+    assert looked_up == StreamKey("198.18.0.2", "tcp", 2, "none")
+    assert recall(str(tmp_path), looked_up)["migration_id"] == "move-1"
+    assert recall(str(tmp_path), _vmmeasure.peer_stream_key(probe_params())) is None, "a single stream is another key"
